@@ -1,0 +1,1 @@
+"""xclip-lightning: X-CLIP text-video retrieval in PyTorch Lightning."""

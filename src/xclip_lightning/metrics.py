@@ -1,0 +1,155 @@
+"""Retrieval metrics with the official protocols (xclip-spec.md §10): R@1/5/10, MdR, MnR.
+
+Single caption per video (MSR-VTT 1k-A, LSMDC, DiDeMo, ActivityNet): ``sim`` is square with the ground truth on
+the diagonal. Several captions per video (MSVD): ``sim`` is [N_captions, N_videos] with the captions grouped by
+video in order, and ``captions_per_video`` gives the group sizes. Everything is vectorised: no loop over queries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+RECALL_AT = (1, 5, 10)
+METRIC_NAMES = ("R1", "R5", "R10", "MdR", "MnR")
+DSL_TEMPERATURE = 1.0  # dual softmax on logit-scaled scores (x100), i.e. temperature 0.01 on cosines
+
+
+def _recalls(ranks: Tensor, median_plus_one: Tensor) -> dict[str, float]:
+    """ranks: 0-based rank of the ground truth per recorded entry."""
+    out = {f"R{k}": (ranks < k).double().mean().item() * 100 for k in RECALL_AT}
+    out["MdR"] = median_plus_one.item()
+    out["MnR"] = ranks.double().mean().item() + 1
+    return out
+
+
+def _single_caption(sim: Tensor) -> dict[str, float]:
+    """The official ``compute_metrics``: every position equal to the diagonal value is recorded (ties add entries,
+    NaN rows drop out); MdR is numpy's median (mean of the two middle values) + 1."""
+    if sim.dim() != 2 or sim.shape[0] != sim.shape[1]:
+        raise ValueError(f"single-caption metrics need a square sim matrix, got {tuple(sim.shape)}")
+    diag = sim.diagonal()[:, None]  # [N,1]
+    greater = (sim > diag).sum(1)  # first position of the ground truth after a descending sort
+    ties = (sim == diag).sum(1)  # 0 for a NaN diagonal: the row disappears, as in the official code
+    total = int(ties.sum())
+    if total == 0:
+        raise ValueError("no row of the similarity matrix has a finite ground-truth score")
+    group_start = torch.repeat_interleave(ties.cumsum(0) - ties, ties)
+    ranks = torch.repeat_interleave(greater, ties) + torch.arange(total, device=sim.device) - group_start
+    ordered = ranks.double().sort().values
+    median = (ordered[(total - 1) // 2] + ordered[total // 2]) / 2
+    return _recalls(ranks, median + 1)
+
+
+def _caption_video_index(captions_per_video: Tensor, num_captions: int, num_videos: int) -> Tensor:
+    counts = torch.as_tensor(captions_per_video, dtype=torch.long)
+    if counts.numel() != num_videos or int(counts.sum()) != num_captions or bool((counts < 1).any()):
+        raise ValueError(
+            f"captions_per_video must give one count >= 1 per video ({num_videos}) summing to the {num_captions} "
+            f"rows of sim; got {counts.numel()} counts summing to {int(counts.sum())}"
+        )
+    return torch.repeat_interleave(torch.arange(num_videos), counts)
+
+
+def _multi_caption_t2v(sim: Tensor, video_of_caption: Tensor) -> dict[str, float]:
+    """Each caption ranks its own video (official ``tensor_text_to_video_metrics``); MdR is torch's lower median."""
+    gt = sim.gather(1, video_of_caption[:, None])  # [Nc,1]
+    ranks = (sim > gt).sum(1)[torch.isfinite(gt[:, 0])]
+    return _recalls(ranks, (ranks + 1).double().median())
+
+
+def _multi_caption_v2t(sim: Tensor, video_of_caption: Tensor) -> dict[str, float]:
+    """Video j against caption group i scores max over the captions of video i (official
+    ``tensor_video_to_text_sim``), then the single-caption protocol on that [Nv,Nv] matrix."""
+    num_videos = sim.shape[1]
+    sim = sim.nan_to_num(nan=float("-inf"))
+    groups = torch.full((num_videos, num_videos), float("-inf"), dtype=sim.dtype, device=sim.device)
+    groups.scatter_reduce_(0, video_of_caption[:, None].expand_as(sim), sim, reduce="amax")  # [group i, video j]
+    return _single_caption(groups.T)
+
+
+def dual_softmax(sim: Tensor, dim: int, temperature: float = DSL_TEMPERATURE) -> Tensor:
+    """Dual-softmax (DSL) re-ranking: ``sim * softmax(sim / temperature, dim)``. Not part of the X-CLIP numbers."""
+    return sim * torch.softmax(sim / temperature, dim=dim)
+
+
+def retrieval_metrics(
+    sim: Tensor,
+    captions_per_video: Sequence[int] | Tensor | None = None,
+    dsl: bool = False,
+    dsl_temperature: float = DSL_TEMPERATURE,
+) -> dict[str, dict[str, float]]:
+    """Text->video and video->text R@1/R@5/R@10 (percent), MdR and MnR of a texts x videos score matrix.
+
+    Args:
+        sim: [Nt,Nv] scores, texts as rows.
+        captions_per_video: None for one caption per video (ground truth on the diagonal); else [Nv] counts, with
+            the rows of ``sim`` grouped by video in the same order (the MSVD protocol).
+        dsl: also report dual-softmax re-ranked numbers under ``t2v_dsl`` / ``v2t_dsl`` (never mixed into the raw
+            ``t2v`` / ``v2t``).
+
+    Example:
+        >>> retrieval_metrics(torch.eye(4))["t2v"]["R1"]
+        100.0
+    """
+    sim = sim.detach().double()
+    if captions_per_video is None:
+        variants = {"": (sim, sim.T)}
+        if dsl:
+            variants["_dsl"] = (dual_softmax(sim, 0, dsl_temperature), dual_softmax(sim, 1, dsl_temperature).T)
+        out = {}
+        for suffix, (t2v, v2t) in variants.items():
+            out["t2v" + suffix], out["v2t" + suffix] = _single_caption(t2v), _single_caption(v2t)
+        return out
+    index = _caption_video_index(captions_per_video, *sim.shape).to(sim.device)
+    out = {"t2v": _multi_caption_t2v(sim, index), "v2t": _multi_caption_v2t(sim, index)}
+    if dsl:
+        out["t2v_dsl"] = _multi_caption_t2v(dual_softmax(sim, 0, dsl_temperature), index)
+        out["v2t_dsl"] = _multi_caption_v2t(dual_softmax(sim, 1, dsl_temperature), index)
+    return out
+
+
+class RetrievalMetrics(Metric):
+    """torchmetrics wrapper: collects rows of the score matrix (with their text index) on each rank.
+
+    ``update(sim_rows [n,Nv], text_index [n])``; ``compute()`` gathers the rows of every rank (state synced by
+    torchmetrics), drops duplicated texts (DistributedSampler padding repeats a few), checks that every text
+    0..Nt-1 is there exactly once, and returns flat keys ``t2v/R1`` ... (and ``t2v_dsl/R1`` ... with ``dsl``).
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(
+        self,
+        captions_per_video: Sequence[int] | None = None,
+        dsl: bool = False,
+        dsl_temperature: float = DSL_TEMPERATURE,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.captions_per_video = None if captions_per_video is None else list(captions_per_video)
+        self.dsl, self.dsl_temperature = dsl, dsl_temperature
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+        self.add_state("text_index", default=[], dist_reduce_fx="cat")
+
+    def update(self, sim_rows: Tensor, text_index: Tensor) -> None:
+        self.rows.append(sim_rows.detach().float())
+        self.text_index.append(text_index.detach().long())
+
+    def compute(self) -> dict[str, Tensor]:
+        rows, index = dim_zero_cat(self.rows), dim_zero_cat(self.text_index)
+        order = index.argsort(stable=True)
+        rows, index = rows[order], index[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        rows, index = rows[first], index[first]
+        if not torch.equal(index, torch.arange(len(index), device=index.device)):
+            raise ValueError(f"texts are missing from the evaluation: got {len(index)} unique indices, not 0..N-1")
+        result = retrieval_metrics(rows, self.captions_per_video, self.dsl, self.dsl_temperature)
+        return {f"{group}/{name}": torch.tensor(v) for group, vals in result.items() for name, v in vals.items()}

@@ -1,0 +1,132 @@
+"""``XCLIP``: CLIP encoders + the X-CLIP head + the tokenizer, saved and loaded as one folder.
+
+A saved folder holds ``model.safetensors`` (all weights), ``config.json`` (the CLIP config), ``xclip_config.json``
+(the head settings) and the tokenizer files; ``XCLIP.from_pretrained(folder)`` needs neither Lightning nor a
+download.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
+
+from xclip_lightning.data.tokenize import TokenizedText, tokenize
+from xclip_lightning.model.encoders import CLIPEncoders
+from xclip_lightning.model.head import DEFAULT_BLOCK_ELEMENTS, TextFeatures, VideoFeatures, XCLIPHead
+from xclip_lightning.model.temporal import init_from_clip_text
+
+WEIGHTS_FILE = "model.safetensors"
+XCLIP_CONFIG_FILE = "xclip_config.json"
+FORMAT_VERSION = 1
+
+
+class XCLIP(nn.Module):
+    """X-CLIP for text-video retrieval: ``encoders`` (transformers CLIP) and ``head`` (``XCLIPHead``).
+
+    Build from CLIP weights with ``XCLIP.from_clip(name_or_path, ...)``; save and reload a trained model with
+    ``save_pretrained`` / ``from_pretrained``.
+    """
+
+    def __init__(self, encoders: CLIPEncoders, head: XCLIPHead, tokenizer: PreTrainedTokenizerBase) -> None:
+        super().__init__()
+        if head.embed_dim != encoders.embed_dim:
+            raise ValueError(f"head width {head.embed_dim} != CLIP projection width {encoders.embed_dim}")
+        self.encoders = encoders
+        self.head = head
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_clip(
+        cls,
+        clip_name_or_path: str,
+        max_words: int = 32,
+        max_frames: int = 12,
+        temporal_layers: int = 4,
+        init_temporal_from_clip: bool = True,
+        **head_kwargs: Any,
+    ) -> XCLIP:
+        """Start from CLIP weights (a local folder or a hub name): the official initialisation.
+
+        The temporal encoder's blocks and position table are copied from CLIP's text tower (spec §4) unless
+        ``init_temporal_from_clip`` is False. ``head_kwargs`` go to ``XCLIPHead`` (contrasts, aggregation, ...).
+        """
+        encoders = CLIPEncoders.from_pretrained(clip_name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
+        head = XCLIPHead(encoders.embed_dim, max_words, max_frames, temporal_layers=temporal_layers, **head_kwargs)
+        if init_temporal_from_clip and head.temporal_layers > 0:
+            init_from_clip_text(head.frame_position_embeddings, head.transformerClip, encoders.clip.text_model)
+        return cls(encoders, head, tokenizer)
+
+    # ---- encoding -----------------------------------------------------------------------------------------------
+
+    def tokenize(self, captions: Sequence[str]) -> TokenizedText:
+        """Captions -> ids and word mask in the official layout, sized to the head's max_words."""
+        return tokenize(self.tokenizer, captions, self.head.max_words)
+
+    def logit_scale(self) -> Tensor:
+        return self.encoders.logit_scale()
+
+    def encode_text(self, input_ids: Tensor, word_mask: Tensor) -> TextFeatures:
+        """input_ids, word_mask [Nt,L] -> normalised ``TextFeatures``."""
+        sentence, words = self.encoders.encode_text(input_ids, word_mask)
+        return self.head.encode_text(sentence, words, word_mask)
+
+    def encode_frames(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """uint8 frames [Nv,T,3,S,S] + mask [Nv,T] -> raw CLIP frame features [Nv,T,D]."""
+        return self.encoders.encode_frames(self.encoders.normalize_pixels(frames, frame_mask), frame_mask)
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> VideoFeatures:
+        """uint8 frames [Nv,T,3,S,S] + mask [Nv,T] -> normalised ``VideoFeatures`` (temporal encoder included)."""
+        return self.head.encode_video(self.encode_frames(frames, frame_mask), frame_mask)
+
+    def forward(self, input_ids: Tensor, word_mask: Tensor, frames: Tensor, frame_mask: Tensor) -> Tensor:
+        """Logits [Nt,Nv] (texts as rows) of a batch of captions against a batch of videos."""
+        text = self.encode_text(input_ids, word_mask)
+        video = self.encode_video(frames, frame_mask)
+        return self.head.score(text, video, self.logit_scale())["logits"]
+
+    def score_matrix(
+        self, text: TextFeatures, video: VideoFeatures, block_elements: int = DEFAULT_BLOCK_ELEMENTS
+    ) -> Tensor:
+        """All texts against all videos in blocks (see ``XCLIPHead.score_matrix``)."""
+        return self.head.score_matrix(text, video, self.logit_scale(), block_elements)
+
+    # ---- persistence --------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write weights (safetensors), the CLIP config, the head config and the tokenizer to ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "xclip_format": str(FORMAT_VERSION)})
+        self.encoders.clip.config.save_pretrained(folder)
+        head_config = {"format_version": FORMAT_VERSION, **self.head.config()}
+        (folder / XCLIP_CONFIG_FILE).write_text(json.dumps(head_config, indent=2) + "\n")
+        self.tokenizer.save_pretrained(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, map_location: str | torch.device = "cpu") -> XCLIP:
+        """Load a folder written by ``save_pretrained`` (no Lightning, no download)."""
+        folder = Path(folder)
+        config_path = folder / XCLIP_CONFIG_FILE
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{config_path} not found: {folder} is not a saved XCLIP model. To start from CLIP weights, use "
+                f"XCLIP.from_clip('{folder}')"
+            )
+        head_config = json.loads(config_path.read_text())
+        version = head_config.pop("format_version", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"{config_path}: format_version {version}, this version of xclip-lightning reads 1")
+        clip = CLIPModel(CLIPConfig.from_pretrained(folder))
+        model = cls(CLIPEncoders(clip), XCLIPHead(**head_config), AutoTokenizer.from_pretrained(folder))
+        model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)))
+        return model
