@@ -175,7 +175,7 @@ class XCLIPHead(nn.Module):
 
     def score(self, text: TextFeatures, video: VideoFeatures, logit_scale: Tensor | float) -> dict[str, Tensor]:
         """Every enabled contrast times ``logit_scale`` [Nt,Nv], and ``logits`` = their mean (spec §6)."""
-        first, second = self.poolings
+        second = self.poolings[1]
         word_mask = text.word_mask if self.mask_padding else None
         frame_mask = video.frame_mask if self.mask_padding else None
         tau = self.temperature
@@ -194,7 +194,14 @@ class XCLIPHead(nn.Module):
             if "frame_word" in self.contrasts:
                 weights = {n: self._weight(n) for n in self._aosm_shapes()}
                 parts["frame_word"] = sim.frame_word(
-                    text.words, video.frames, self.local_mat_weight, weights, (first, second), word_mask, frame_mask, tau
+                    text.words,
+                    video.frames,
+                    self.local_mat_weight,
+                    weights,
+                    self.poolings,
+                    word_mask,
+                    frame_mask,
+                    tau,
                 )
             parts = {name: logit_scale * value for name, value in parts.items()}
             parts["logits"] = torch.stack(list(parts.values())).mean(0)

@@ -167,9 +167,19 @@ def frame_word(
     per_word = pool(fine, 3, first, weights.get("frame_mat_weight"), fmask, temperature)  # [Nt,L,Nv]
     del fine
     sent2frame = pool(
-        per_frame, -1, second, weights.get("frame_mat_weight2"), None if frame_mask is None else frame_mask[None], temperature
+        per_frame,
+        -1,
+        second,
+        weights.get("frame_mat_weight2"),
+        None if frame_mask is None else frame_mask[None],
+        temperature,
     )  # [Nt,Nv]
     video2word = pool(
-        per_word, 1, second, weights.get("word_mat_weight2"), None if word_mask is None else word_mask[:, :, None], temperature
+        per_word,
+        1,
+        second,
+        weights.get("word_mat_weight2"),
+        None if word_mask is None else word_mask[:, :, None],
+        temperature,
     )  # [Nt,Nv]
     return (sent2frame + video2word) / 2

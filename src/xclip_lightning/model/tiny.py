@@ -60,7 +60,7 @@ def tiny_clip_config(
             "hidden_size": embed_dim,
             "intermediate_size": 4 * embed_dim,
             "num_hidden_layers": text_layers,
-            "num_attention_heads": max(1, embed_dim // 32),
+            "num_attention_heads": max(1, embed_dim // 64),  # as in CLIP ViT-B (512 // 64 = 8 text heads)
             "max_position_embeddings": 77,
             "bos_token_id": bos_token_id,
             "eos_token_id": eos_token_id,

@@ -1,0 +1,35 @@
+"""Shared fixtures: the ../shared folder (parity vectors, real videos) and a tiny CLIP built on the fly."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from xclip_lightning.model.tiny import build_tiny_clip
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("XCLIP_SHARED", REPO.parent / "shared"))
+
+CAPTIONS = [
+    "a red circle moves left, then a blue square appears",
+    "a green triangle spins in the middle",
+    "two yellow stars fall down and a purple circle grows",
+    "a blue square moves right, then disappears",
+    "an orange triangle appears at the top, then a red star moves up",
+]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """../shared beside the repository (or $XCLIP_SHARED). Absent in a user's clone: the test is skipped."""
+    if not (SHARED / "parity").is_dir():
+        pytest.skip(f"{SHARED} not found: the parity vectors and test videos live in the project's shared folder")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A random tiny CLIP + trained tokenizer saved with save_pretrained, loaded by tests via from_pretrained."""
+    return str(build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), CAPTIONS * 4, seed=0))
