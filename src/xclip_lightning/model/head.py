@@ -6,7 +6,6 @@ Parameter names are exactly the official ones (``frame_position_embeddings.weigh
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
@@ -20,7 +19,8 @@ from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggreg
 from xclip_lightning.model.temporal import POSITION_ROWS, TemporalTransformer, temporal_encode
 
 DEFAULT_TEMPORAL_LAYERS = 4  # official code (cross_num_hidden_layers default); the paper says 3
-DEFAULT_BLOCK_ELEMENTS = 1 << 22  # elements of one [bt,L,bv,T] frame-word block in full-matrix scoring (16 MB fp32)
+DEFAULT_BLOCK_ELEMENTS = 1 << 20  # elements of one [bt,L,T,bv] frame-word block in full-matrix scoring (4 MB fp32)
+VIDEO_BLOCK = 128  # videos per block: a long contiguous inner dimension for every reduction (bench/head.py)
 
 
 class TextFeatures(NamedTuple):
@@ -175,36 +175,51 @@ class XCLIPHead(nn.Module):
 
     def score(self, text: TextFeatures, video: VideoFeatures, logit_scale: Tensor | float) -> dict[str, Tensor]:
         """Every enabled contrast times ``logit_scale`` [Nt,Nv], and ``logits`` = their mean (spec §6)."""
+        with _no_autocast(text.sentence.device):
+            return self._score(text, video, logit_scale, self._word_local(text))
+
+    def _word_local(self, text: TextFeatures) -> Tensor | None:
+        """``omega Lambda`` [Nt,L,D]: the text side of the frame-word bilinear form, computed once per text."""
+        return text.words @ self.local_mat_weight if "frame_word" in self.contrasts else None
+
+    def _score(
+        self,
+        text: TextFeatures,
+        video: VideoFeatures,
+        logit_scale: Tensor | float,
+        word_local: Tensor | None,
+        frames_slot_major: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         second = self.poolings[1]
+        if frames_slot_major is None:
+            frames_slot_major = sim.frames_by_slot(video.frames)
         word_mask = text.word_mask if self.mask_padding else None
         frame_mask = video.frame_mask if self.mask_padding else None
         tau = self.temperature
-        with _no_autocast(text.sentence.device):
-            parts: dict[str, Tensor] = {}
-            if "video_sentence" in self.contrasts:
-                parts["video_sentence"] = sim.video_sentence(text.sentence, video.video, self.global_mat_weight)
-            if "video_word" in self.contrasts:
-                parts["video_word"] = sim.video_word(
-                    text.words, video.video, self._weight("word_logit_weight"), second, word_mask, tau
-                )
-            if "sentence_frame" in self.contrasts:
-                parts["sentence_frame"] = sim.sentence_frame(
-                    text.sentence, video.frames, self._weight("frame_logit_weight"), second, frame_mask, tau
-                )
-            if "frame_word" in self.contrasts:
-                weights = {n: self._weight(n) for n in self._aosm_shapes()}
-                parts["frame_word"] = sim.frame_word(
-                    text.words,
-                    video.frames,
-                    self.local_mat_weight,
-                    weights,
-                    self.poolings,
-                    word_mask,
-                    frame_mask,
-                    tau,
-                )
-            parts = {name: logit_scale * value for name, value in parts.items()}
-            parts["logits"] = torch.stack(list(parts.values())).mean(0)
+        parts: dict[str, Tensor] = {}
+        if "video_sentence" in self.contrasts:
+            parts["video_sentence"] = sim.video_sentence(text.sentence, video.video, self.global_mat_weight)
+        if "video_word" in self.contrasts:
+            parts["video_word"] = sim.video_word(
+                text.words, video.video, self._weight("word_logit_weight"), second, word_mask, tau
+            )
+        if "sentence_frame" in self.contrasts:
+            parts["sentence_frame"] = sim.sentence_frame(
+                text.sentence,
+                video.frames,
+                self._weight("frame_logit_weight"),
+                second,
+                frame_mask,
+                tau,
+                frames_slot_major,
+            )
+        if word_local is not None:
+            weights = {n: self._weight(n) for n in self._aosm_shapes()}
+            parts["frame_word"] = sim.frame_word(
+                word_local, video.frames, weights, self.poolings, word_mask, frame_mask, tau, frames_slot_major
+            )
+        parts = {name: logit_scale * value for name, value in parts.items()}
+        parts["logits"] = torch.stack(list(parts.values())).mean(0)
         return parts
 
     def forward(
@@ -233,19 +248,24 @@ class XCLIPHead(nn.Module):
 
         Features come from ``encode_text`` / ``encode_video``, so the temporal encoder has already run once per
         video (the official loop re-runs it for every block of texts). One block holds at most about
-        ``block_elements`` entries of the [bt,L,bv,T] frame-word tensor. Every entry depends only on its own
+        ``block_elements`` entries of the [bt,L,T,bv] frame-word tensor. Every entry depends only on its own
         (text, video) pair, so the result does not depend on the block size.
         """
         nt, nv = text.sentence.shape[0], video.video.shape[0]
         per_pair = self.max_words * self.max_frames
-        video_block = max(1, min(nv, math.isqrt(max(1, block_elements // per_pair))))
+        video_block = max(1, min(nv, VIDEO_BLOCK, block_elements // per_pair))
         text_block = max(1, min(nt, block_elements // (per_pair * video_block)))
         out = torch.empty(nt, nv, dtype=text.sentence.dtype, device=text.sentence.device)
-        for t0 in range(0, nt, text_block):
-            text_part = TextFeatures(*(None if x is None else x[t0 : t0 + text_block] for x in text))
-            for v0 in range(0, nv, video_block):
-                video_part = VideoFeatures(*(x[v0 : v0 + video_block] for x in video))
-                out[t0 : t0 + text_block, v0 : v0 + video_block] = self.score(text_part, video_part, logit_scale)[
-                    "logits"
-                ]
+        with _no_autocast(text.sentence.device):
+            video_parts = [
+                VideoFeatures(*(x[v0 : v0 + video_block] for x in video)) for v0 in range(0, nv, video_block)
+            ]
+            slot_major = [sim.frames_by_slot(part.frames) for part in video_parts]  # one copy of the frames, made once
+            for t0 in range(0, nt, text_block):
+                text_part = TextFeatures(*(None if x is None else x[t0 : t0 + text_block] for x in text))
+                word_local = self._word_local(text_part)
+                for i, video_part in enumerate(video_parts):
+                    parts = self._score(text_part, video_part, logit_scale, word_local, slot_major[i])
+                    v0 = i * video_block
+                    out[t0 : t0 + text_block, v0 : v0 + video_block] = parts["logits"]
         return out

@@ -49,12 +49,18 @@ def pool(
     weight: Tensor | None = None,
     mask: Tensor | None = None,
     temperature: float = AOSM_TEMPERATURE,
+    overwrite: bool = False,
 ) -> Tensor:
     """Reduce ``scores`` over ``dim`` (of size K) by AOSM, mean or max.
 
     AOSM (spec §6): ``a = softmax(x / temperature)``, ``A(x; M) = sum_k (a M)_k x_k = sum_j a_j (M x)_j``, with
     the learnable mixing matrix ``weight`` = M [K,K] (identity at initialisation). ``mask`` (bool, broadcastable
     to ``scores``, True = valid) excludes slots; ``None`` keeps all of them (the official behaviour).
+
+    The softmax is taken as ``sum_j e_j (M x)_j / sum_j e_j`` with ``e = exp((x - max x) / temperature)``: the
+    same value, without normalising the whole tensor. Reductions are fastest over a dimension that is not the last.
+    ``overwrite=True`` lets AOSM reuse ``scores`` as its work buffer (for a caller's last use of a large tensor);
+    ignored while autograd records ``scores``.
 
     Example:
         >>> x = torch.tensor([[0.2, 0.9, 0.1]])
@@ -74,12 +80,14 @@ def pool(
         raise ValueError(f"unknown pooling {how!r}; expected aosm, mean or max")
     if weight is None:
         raise ValueError("AOSM pooling needs its mixing matrix `weight` [K,K]")
-    logits = scores / temperature
+    overwrite = overwrite and not (scores.requires_grad and torch.is_grad_enabled())  # autograd needs scores intact
+    weighted = _mix(scores if mask is None else scores.masked_fill(~mask, 0.0), weight, dim)  # (M x), new tensor
     if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-        scores = scores.masked_fill(~mask, 0.0)
-    attn = logits.softmax(dim)
-    return (attn * _mix(scores, weight, dim)).sum(dim)
+        scores = scores.masked_fill_(~mask, float("-inf")) if overwrite else scores.masked_fill(~mask, float("-inf"))
+        overwrite = True
+    shifted = scores.sub_(scores.amax(dim, keepdim=True)) if overwrite else scores - scores.amax(dim, keepdim=True)
+    exp = shifted.mul_(1.0 / temperature).exp_()  # unnormalised softmax weights
+    return weighted.mul_(exp).sum(dim) / exp.sum(dim)
 
 
 def _mix(scores: Tensor, weight: Tensor, dim: int) -> Tensor:
@@ -87,10 +95,16 @@ def _mix(scores: Tensor, weight: Tensor, dim: int) -> Tensor:
     dim = dim % scores.dim()
     if dim == scores.dim() - 1:
         return scores @ weight.T
-    # [..., K, rest] -> matmul on the flattened trailing dims keeps the big tensor contiguous (no transpose copy)
-    lead, k = scores.shape[:dim], scores.shape[dim]
-    mixed = weight @ scores.reshape(*lead, k, -1)
-    return mixed.reshape(scores.shape)
+    # [lead, K, rest] as a batch of [K,K] @ [K,rest] products: bmm reads the contiguous tensor as it is, where
+    # `weight @ x` would transpose the whole tensor there and back (two full copies)
+    k = scores.shape[dim]
+    batched = scores.reshape(-1, k, scores[(0,) * (dim + 1)].numel())
+    return torch.bmm(weight.expand(batched.shape[0], k, k), batched).view(scores.shape)
+
+
+def frames_by_slot(frame_emb: Tensor) -> Tensor:
+    """[Nv,T,D] -> [T*Nv,D], slot-major, so that scores against it come out as [..., T, Nv]."""
+    return frame_emb.transpose(0, 1).reshape(-1, frame_emb.shape[-1])
 
 
 def video_pool(frame_emb: Tensor, frame_mask: Tensor) -> Tensor:
@@ -118,9 +132,9 @@ def video_word(
     temperature: float = AOSM_TEMPERATURE,
 ) -> Tensor:
     """Cross contrast: each word against the video, pooled over words. words [Nt,L,D], video [Nv,D] -> [Nt,Nv]."""
-    scores = torch.einsum("tld,vd->tvl", word_emb, video_emb)  # [Nt,Nv,L]
-    mask = None if word_mask is None else word_mask[:, None, :]  # [Nt,1,L]
-    return pool(scores, -1, how, word_logit_weight, mask, temperature)
+    scores = word_emb @ video_emb.T  # [Nt,L,Nv]
+    mask = None if word_mask is None else word_mask[:, :, None]  # [Nt,L,1]
+    return pool(scores, 1, how, word_logit_weight, mask, temperature)
 
 
 def sentence_frame(
@@ -130,56 +144,50 @@ def sentence_frame(
     how: Pooling = "aosm",
     frame_mask: Tensor | None = None,
     temperature: float = AOSM_TEMPERATURE,
+    frames_slot_major: Tensor | None = None,
 ) -> Tensor:
     """Cross contrast: the sentence against each frame, pooled over frames. [Nt,D], [Nv,T,D] -> [Nt,Nv]."""
-    scores = torch.einsum("td,vfd->tvf", sentence_emb, frame_emb)  # [Nt,Nv,T]
-    mask = None if frame_mask is None else frame_mask[None, :, :]  # [1,Nv,T]
-    return pool(scores, -1, how, frame_logit_weight, mask, temperature)
+    nv, num_frames, _ = frame_emb.shape
+    slot_major = frames_by_slot(frame_emb) if frames_slot_major is None else frames_slot_major
+    scores = (sentence_emb @ slot_major.T).view(-1, num_frames, nv)  # [Nt,T,Nv]
+    mask = None if frame_mask is None else frame_mask.T[None]  # [1,T,Nv]
+    return pool(scores, 1, how, frame_logit_weight, mask, temperature)
 
 
 def frame_word(
-    word_emb: Tensor,
+    word_local: Tensor,
     frame_emb: Tensor,
-    local_mat: Tensor,
     weights: dict[str, Tensor | None],
     poolings: tuple[Pooling, Pooling] = ("aosm", "aosm"),
     word_mask: Tensor | None = None,
     frame_mask: Tensor | None = None,
     temperature: float = AOSM_TEMPERATURE,
+    frames_slot_major: Tensor | None = None,
 ) -> Tensor:
     """Fine contrast: the L x T word-frame matrix per pair, pooled twice (spec §6.4).
 
-    ``C[t,l,v,f] = (omega_tl Lambda) . phi_vf`` with Lambda = ``local_mat`` [D,D]. First stage: over words for each
-    frame (``word_mat_weight``) giving r [Nt,Nv,T], and over frames for each word (``frame_mat_weight``) giving
+    ``word_local`` = ``omega Lambda`` [Nt,L,D], the words already multiplied by ``local_mat_weight`` (done once per
+    text, not once per block of videos). ``C[t,l,v,f] = word_local_tl . phi_vf``. First stage: over words for each
+    frame (``word_mat_weight``) giving r [Nt,T,Nv], and over frames for each word (``frame_mat_weight``) giving
     c [Nt,L,Nv]. Second stage: ``(A(r; frame_mat_weight2) + A(c; word_mat_weight2)) / 2``.
 
-    word_emb [Nt,L,D], frame_emb [Nv,T,D] -> [Nt,Nv]. ``weights`` holds the four L x L / T x T matrices by their
-    official names (only read for AOSM stages).
+    frame_emb [Nv,T,D] -> [Nt,Nv]. ``weights`` holds the four L x L / T x T matrices by their official names (only
+    read for AOSM stages). ``frames_slot_major`` may pass ``frames_by_slot(frame_emb)`` when the caller reuses it.
     """
-    nt, num_words, dim = word_emb.shape
+    nt, num_words, dim = word_local.shape
     nv, num_frames, _ = frame_emb.shape
     first, second = poolings
-    # [Nt*L,D] @ [D,Nv*T] -> [Nt,L,Nv,T]: the one large GEMM of the head
-    fine = ((word_emb.reshape(-1, dim) @ local_mat) @ frame_emb.reshape(-1, dim).T).view(nt, num_words, nv, num_frames)
+    slot_major = frames_by_slot(frame_emb) if frames_slot_major is None else frames_slot_major
+    # [Nt*L,D] @ [D,T*Nv] -> C [Nt,L,T,Nv]: the one large GEMM of the head. Videos innermost, so that every
+    # reduction below runs over a dimension with a long contiguous inner stride.
+    fine = (word_local.reshape(-1, dim) @ slot_major.T).view(nt, num_words, num_frames, nv)
     wmask = None if word_mask is None else word_mask[:, :, None, None]  # [Nt,L,1,1]
-    fmask = None if frame_mask is None else frame_mask[None, None, :, :]  # [1,1,Nv,T]
-    per_frame = pool(fine, 1, first, weights.get("word_mat_weight"), wmask, temperature)  # [Nt,Nv,T]
-    per_word = pool(fine, 3, first, weights.get("frame_mat_weight"), fmask, temperature)  # [Nt,L,Nv]
+    fmask = None if frame_mask is None else frame_mask.T[None, None]  # [1,1,T,Nv]
+    per_frame = pool(fine, 1, first, weights.get("word_mat_weight"), wmask, temperature)  # r [Nt,T,Nv]
+    per_word = pool(fine, 2, first, weights.get("frame_mat_weight"), fmask, temperature, overwrite=True)  # c [Nt,L,Nv]
     del fine
-    sent2frame = pool(
-        per_frame,
-        -1,
-        second,
-        weights.get("frame_mat_weight2"),
-        None if frame_mask is None else frame_mask[None],
-        temperature,
-    )  # [Nt,Nv]
-    video2word = pool(
-        per_word,
-        1,
-        second,
-        weights.get("word_mat_weight2"),
-        None if word_mask is None else word_mask[:, :, None],
-        temperature,
-    )  # [Nt,Nv]
+    fmask2 = None if frame_mask is None else frame_mask.T[None]  # [1,T,Nv]
+    wmask2 = None if word_mask is None else word_mask[:, :, None]  # [Nt,L,1]
+    sent2frame = pool(per_frame, 1, second, weights.get("frame_mat_weight2"), fmask2, temperature)  # [Nt,Nv]
+    video2word = pool(per_word, 1, second, weights.get("word_mat_weight2"), wmask2, temperature)  # [Nt,Nv]
     return (sent2frame + video2word) / 2
