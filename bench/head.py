@@ -20,7 +20,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from xclip_lightning.model import XCLIPHead
 from xclip_lightning.model.temporal import temporal_encode
@@ -132,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     with torch.no_grad():
         start = time.perf_counter()
         text, video = head.encode_text(sentence, words), head.encode_video(frames, frame_mask)
+        t_encode = time.perf_counter() - start
         ours = head.score_matrix(text, video, scale, **extra)
         t_ours = time.perf_counter() - start
     peak_extra_mb = peak_rss_mb() - base_rss
@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
         max_diff = (ours - reference).abs().max().item()
 
     rows = [
-        ("(a) xclip-lightning score_matrix", t_ours),
+        ("(a) xclip-lightning, total", t_ours),
+        ("    encode (temporal encoder x1)", t_encode),
+        ("    block-wise score_matrix", t_ours - t_encode),
         ("(b) official 40x40 block loop", t_official),
         ("(c) GEMM floor", t_floor),
     ]
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"{nt} texts x {nv} videos, L={num_words}, T={num_frames}, D={dim}, fp32, CPU, "
         f"{torch.get_num_threads()} threads; GEMM {speed * 2 / 1e9:.1f} GFLOP/s"
     )
-    print(f"{'method':36s} {'seconds':>9s} {'vs (a)':>8s}")
+    print(f"{'method':36s} {'seconds':>9s} {'/ (a)':>8s}")
     for name, seconds in rows:
         if seconds is not None:
             print(f"{name:36s} {seconds:9.2f} {seconds / t_ours:7.2f}x")
@@ -167,7 +169,11 @@ def main(argv: list[str] | None = None) -> dict:
         "videos": nv,
         "ours_s": round(t_ours, 3),
         "official_s": None if t_official is None else round(t_official, 3),
+        "encode_s": round(t_encode, 3),
         "gemm_floor_s": round(t_floor, 3),
+        "score_over_floor": round((t_ours - t_encode) / t_floor, 2),
+        # the best speedup over (b) any method that runs the temporal encoder once could reach here
+        "speedup_bound_encode_plus_floor": None if t_official is None else round(t_official / (t_encode + t_floor), 2),
         "speedup_vs_official": None if t_official is None else round(t_official / t_ours, 2),
         "ours_over_floor": round(t_ours / t_floor, 2),
         "peak_extra_mb": round(peak_extra_mb, 1),

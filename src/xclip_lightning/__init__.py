@@ -1,1 +1,23 @@
-"""xclip-lightning: X-CLIP text-video retrieval in PyTorch Lightning."""
+"""xclip-lightning: X-CLIP text-video retrieval (Ma et al., ACM MM 2022) in PyTorch Lightning.
+
+Not Microsoft's X-CLIP for video recognition (transformers' ``XCLIPModel``).
+"""
+
+from xclip_lightning.data.tokenize import TokenizedText, tokenize
+from xclip_lightning.loss import symmetric_infonce
+from xclip_lightning.metrics import RetrievalMetrics, retrieval_metrics
+from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
+from xclip_lightning.model.xclip import XCLIP
+
+__version__ = "0.1.0"
+__all__ = [
+    "XCLIP",
+    "RetrievalMetrics",
+    "TextFeatures",
+    "TokenizedText",
+    "VideoFeatures",
+    "XCLIPHead",
+    "retrieval_metrics",
+    "symmetric_infonce",
+    "tokenize",
+]

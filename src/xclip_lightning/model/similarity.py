@@ -14,6 +14,7 @@ Two behaviours for padding:
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -98,7 +99,7 @@ def _mix(scores: Tensor, weight: Tensor, dim: int) -> Tensor:
     # [lead, K, rest] as a batch of [K,K] @ [K,rest] products: bmm reads the contiguous tensor as it is, where
     # `weight @ x` would transpose the whole tensor there and back (two full copies)
     k = scores.shape[dim]
-    batched = scores.reshape(-1, k, scores[(0,) * (dim + 1)].numel())
+    batched = scores.reshape(-1, k, math.prod(scores.shape[dim + 1 :]))
     return torch.bmm(weight.expand(batched.shape[0], k, k), batched).view(scores.shape)
 
 
