@@ -1,0 +1,165 @@
+"""PyAV frame sampler: one frame per second of presentation time (xclip-spec.md §11, decoding-notes.md).
+
+``sample_frames(path)`` returns upright RGB uint8 frames [T,3,H,W] and their timestamps in seconds, measured from
+the first decodable frame. Two rules:
+
+- ``mode="timestamp"`` (default): for second k, the first frame whose pts is at or after k seconds after the first
+  frame, if it falls inside second k; a second with no frame is skipped, never filled with a duplicate.
+  Timestamps come from pts in presentation order (AVI and B-frame files decode out of order).
+- ``mode="official"``: the CLIP4Clip / X-CLIP arithmetic: frame index ``k * int(fps)`` for every second k, counted
+  in presentation order, so the official frame choice can be reproduced exactly.
+
+More seconds than ``max_frames``: the frames at ``linspace(0, n-1, max_frames)`` truncated to int are kept (the
+official ``slice_framepos=2``). Bad input never becomes a zero-filled sample: it raises ``FileNotFoundError`` or
+``VideoDecodeError`` naming the file and the reason. A corrupt packet in the middle costs only its own frames:
+decoder errors are caught per packet, counted, and reported in one warning.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
+
+import av
+import numpy as np
+import torch
+from torch import Tensor
+
+SamplingMode = Literal["timestamp", "official"]
+REORDER_WINDOW = 64  # frames held to restore presentation order (AVI / B-frame decode order is only locally off)
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot give a single usable frame: names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+@dataclass(frozen=True)
+class SampledFrames:
+    """frames: uint8 [T,3,H,W] RGB upright; timestamps: float64 [T] seconds from the first decodable frame."""
+
+    frames: Tensor
+    timestamps: Tensor
+
+
+def linspace_indices(count: int, max_frames: int) -> list[int]:
+    """Official ``slice_framepos=2``: ``np.linspace(0, count-1, max_frames)`` truncated to int when count > max."""
+    if count <= max_frames:
+        return list(range(count))
+    return np.linspace(0, count - 1, num=max_frames, dtype=int).tolist()
+
+
+def _open(path: str | os.PathLike) -> av.container.InputContainer:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"video file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "the file is empty (0 bytes)")
+    try:
+        return av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(path, f"not a readable video container ({type(err).__name__}: {err})") from err
+
+
+def _presentation_order(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: str | os.PathLike
+) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+    """Yield (time in seconds as an exact Fraction, frame) in increasing presentation time.
+
+    Packets are decoded one by one, so a corrupt packet costs only its own frames; failures are counted and
+    reported once. Frames are reordered through a small heap (decode order is only locally out of order).
+    """
+    heap: list[tuple[Fraction, int, av.VideoFrame]] = []
+    counter = itertools.count()
+    failed = 0
+    frame_step = 1 / Fraction(stream.average_rate or stream.guessed_rate or 25)  # for streams without pts
+
+    def flush(size: int) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+        while len(heap) > size:
+            time, _, frame = heapq.heappop(heap)
+            yield time, frame
+
+    decoded = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            failed += 1
+            continue
+        for frame in frames:
+            time = frame.pts * stream.time_base if frame.pts is not None else decoded * frame_step
+            decoded += 1
+            heapq.heappush(heap, (Fraction(time), next(counter), frame))
+        yield from flush(REORDER_WINDOW)
+    yield from flush(0)
+    if failed:
+        warnings.warn(f"{path}: {failed} packet(s) failed to decode and were skipped", RuntimeWarning, stacklevel=3)
+
+
+def _to_tensor(frame: av.VideoFrame) -> Tensor:
+    """RGB uint8 [3,H,W], full-range aware, rotated upright by the display matrix."""
+    rgb = frame.reformat(format="rgb24", src_color_range=frame.color_range or None, threads=1).to_ndarray()
+    image = torch.from_numpy(rgb).permute(2, 0, 1)
+    quarter_turns = round(frame.rotation / 90) % 4  # counter-clockwise, as FFmpeg's av_display_rotation_get
+    return torch.rot90(image, k=quarter_turns, dims=(1, 2)).contiguous() if quarter_turns else image
+
+
+def sample_frames(
+    path: str | os.PathLike,
+    fps: float = 1.0,
+    max_frames: int = 12,
+    mode: SamplingMode = "timestamp",
+) -> SampledFrames:
+    """Sample ``fps`` frames per second (at most ``max_frames``, uniformly subsampled) from a video file.
+
+    Raises ``FileNotFoundError`` for a missing file and ``VideoDecodeError`` when nothing decodes (empty, garbage,
+    no video stream, audio only).
+    """
+    if fps <= 0 or max_frames < 1:
+        raise ValueError(f"need fps > 0 and max_frames >= 1, got fps={fps}, max_frames={max_frames}")
+    if mode not in ("timestamp", "official"):
+        raise ValueError(f"unknown sampling mode {mode!r}; expected 'timestamp' or 'official'")
+    container = _open(path)
+    try:
+        if not container.streams.video:
+            raise VideoDecodeError(path, "no video stream (audio-only or not a video)")
+        stream = container.streams.video[0]
+        stream.thread_type = "SLICE"  # never frame threading: it has deadlocked inside DataLoader workers
+        for other in container.streams:
+            if other.index != stream.index:
+                other.discard = av.stream.Discard.all
+        rate = stream.average_rate or stream.guessed_rate
+        official_step = max(1, int(rate * Fraction(1 / fps).limit_denominator())) if rate else 1  # int(fps) frames
+        picked: list[tuple[Fraction, Tensor]] = []
+        start: Fraction | None = None
+        last_bucket = -1
+        for index, (time, frame) in enumerate(_presentation_order(container, stream, path)):
+            if start is None:
+                start = time
+            if mode == "timestamp":
+                bucket = math.floor((time - start) * Fraction(fps).limit_denominator())
+                if bucket <= last_bucket:
+                    continue
+                last_bucket = bucket
+            elif index % official_step:
+                continue
+            picked.append((time - start, _to_tensor(frame)))
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(path, f"{type(err).__name__}: {err}") from err
+    finally:
+        container.close()
+    if not picked:
+        raise VideoDecodeError(path, "no frame could be decoded")
+    keep = linspace_indices(len(picked), max_frames)
+    frames = torch.stack([picked[i][1] for i in keep])
+    timestamps = torch.tensor([float(picked[i][0]) for i in keep], dtype=torch.float64)
+    return SampledFrames(frames, timestamps)

@@ -1,0 +1,242 @@
+"""The PyAV sampler on real third-party files (../shared/videos) and on synthetic videos written here."""
+
+from __future__ import annotations
+
+import warnings
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from xclip_lightning.data.video import VideoDecodeError, linspace_indices, sample_frames
+
+
+def write_video(
+    path: Path,
+    times: list[float],
+    size: tuple[int, int] = (64, 48),
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    value: int | None = None,
+    rotation: int | None = None,
+    full_range: bool = False,
+    audio_streams: int = 0,
+) -> Path:
+    """Frames at the given presentation times (seconds); frame i is filled with a gradient (or ``value``)."""
+    width, height = size
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.time_base = Fraction(1, 1000)
+        stream.codec_context.time_base = Fraction(1, 1000)
+        if full_range:
+            stream.codec_context.color_range = av.video.reformatter.ColorRange.JPEG
+        if rotation is not None:
+            stream.set_display_rotation(rotation)
+        audio = [container.add_stream("aac", rate=16000) for _ in range(audio_streams)]
+        for i, t in enumerate(times):
+            if value is None:
+                image = np.zeros((height, width, 3), np.uint8)
+                image[: height // 2, : width // 2] = 255  # bright top-left quadrant: orientation is visible
+                image[..., 1] = (i * 17) % 256
+            else:
+                image = np.full((height, width, 3), value, np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if full_range:
+                frame = frame.reformat(format=pix_fmt, dst_color_range="JPEG")
+                frame.color_range = av.video.reformatter.ColorRange.JPEG
+            frame.pts = round(t * 1000)
+            frame.time_base = Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        for a in audio:
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            samples.sample_rate, samples.pts = 16000, 0
+            for packet in [*a.encode(samples), *a.encode()]:
+                container.mux(packet)
+    return path
+
+
+def regular(seconds: float, fps: float = 10, start: float = 0.0) -> list[float]:
+    return [start + i / fps for i in range(round(seconds * fps))]
+
+
+@pytest.fixture(scope="module")
+def videos(shared_dir) -> Path:
+    folder = shared_dir / "videos"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found: the real test videos live in the project's shared folder")
+    return folder
+
+
+# ---- real third-party files -------------------------------------------------------------------------------
+
+
+def test_normal_msrvtt_clip(videos):
+    s = sample_frames(videos / "msrvtt_video9770.mp4")
+    assert s.frames.dtype == torch.uint8 and s.frames.shape == (11, 3, 240, 320)
+    assert s.timestamps.tolist() == pytest.approx(list(range(11)), abs=0.04)
+
+
+def test_corrupt_packet_costs_only_its_own_frames(videos):
+    path = videos / "decord_corrupted.mp4"
+    with pytest.warns(RuntimeWarning, match=r"decord_corrupted\.mp4: 1 packet\(s\) failed"):
+        every_frame = sample_frames(path, fps=100, max_frames=100)  # 10 fps file: every frame is picked
+    assert every_frame.frames.shape[0] == 49  # stopping at the first error would keep 28
+    with pytest.warns(RuntimeWarning):
+        assert sample_frames(path).timestamps.shape[0] == 5
+
+
+def test_out_of_order_decode_comes_out_sorted(videos):
+    s = sample_frames(videos / "mmaction2_test.avi", fps=25, max_frames=1000)
+    assert s.frames.shape[0] == 164
+    assert bool((s.timestamps.diff() > 0).all())  # decode order is 1,2,4,3,...: sorted by pts here
+    assert s.timestamps.diff().tolist() == pytest.approx([0.04] * 163)
+
+
+def test_no_duration_anywhere(videos):
+    with av.open(str(videos / "moviepy_no_duration.webm")) as c:
+        assert c.duration is None and c.streams.video[0].duration is None
+    s = sample_frames(videos / "moviepy_no_duration.webm")
+    assert s.timestamps.shape[0] == 5 and s.timestamps[-1] > 4.0
+
+
+def test_offset_start_and_missing_initial_keyframe(videos):
+    s = sample_frames(videos / "mediabunny_no-initial-keyframe.ts", fps=1000, max_frames=100)  # every frame
+    assert s.timestamps[0] == 0.0  # measured from the first decodable frame (at 114.85 s), not from 0 or 112.7 s
+    assert s.frames.shape[0] == 15
+    assert sample_frames(videos / "mediabunny_no-initial-keyframe.ts").frames.shape[0] == 1  # 0.47 s: one frame
+
+
+def test_display_matrix_rotation_is_applied(videos):
+    path = videos / "moviepy_fire2.mp4"
+    s = sample_frames(path)
+    with av.open(str(path)) as c:
+        raw = next(c.decode(video=0))
+        assert raw.rotation in (180, -180)
+        image = torch.from_numpy(raw.to_ndarray(format="rgb24")).permute(2, 0, 1)
+    torch.testing.assert_close(s.frames[0], image.flip(1).flip(2))
+
+
+def test_two_audio_streams_and_stream_container_duration_mismatch(videos):
+    s = sample_frames(videos / "torchcodec_nasa_13013.mp4")
+    assert s.timestamps.tolist() == pytest.approx([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12], abs=0.05)  # 13 s, linspace
+
+
+# ---- synthetic videos with one property each --------------------------------------------------------------
+
+
+def test_variable_frame_rate_gaps_skip_empty_seconds(tmp_path):
+    path = write_video(tmp_path / "vfr.mkv", [0.0, 0.5, 1.0, 3.2, 3.5, 6.0, 6.4])
+    assert sample_frames(path).timestamps.tolist() == pytest.approx([0.0, 1.0, 3.2, 6.0])
+
+
+def test_non_zero_start_time(tmp_path):
+    path = write_video(tmp_path / "offset.mkv", regular(4, start=5.0))
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].start_time * c.streams.video[0].time_base == pytest.approx(5.0)
+    assert sample_frames(path).timestamps.tolist() == pytest.approx([0, 1, 2, 3])
+
+
+def test_shorter_than_one_second_gives_one_frame(tmp_path):
+    s = sample_frames(write_video(tmp_path / "short.mp4", regular(0.4)))
+    assert s.frames.shape == (1, 3, 48, 64) and s.timestamps.tolist() == [0.0]
+
+
+def test_more_seconds_than_max_frames_uses_official_linspace(tmp_path):
+    s = sample_frames(write_video(tmp_path / "long.mp4", regular(30, fps=5)), max_frames=12)
+    expected = [float(i) for i in np.linspace(0, 29, 12, dtype=int)]
+    assert s.timestamps.tolist() == pytest.approx(expected)
+    assert linspace_indices(5, 12) == [0, 1, 2, 3, 4]
+
+
+def test_official_mode_uses_int_fps_frame_indices(tmp_path):
+    times = [i * 1001 / 30000 for i in range(150)]  # 29.97 fps for 5 s
+    path = write_video(tmp_path / "ntsc.mp4", times)
+    s = sample_frames(path, mode="official")
+    # official: int(29.97) = 29, frame index 29 k, so the picked frames drift ahead of whole seconds
+    assert s.timestamps.tolist() == pytest.approx([k * 29 * 1001 / 30000 for k in range(6)], abs=2e-3)
+    assert sample_frames(path).timestamps.tolist() == pytest.approx([times[30 * k] for k in range(5)], abs=2e-3)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_synthetic_rotation_comes_out_upright(tmp_path, rotation):
+    plain = sample_frames(write_video(tmp_path / "plain.mp4", regular(1)))
+    rotated = sample_frames(write_video(tmp_path / f"rot{rotation}.mp4", regular(1), rotation=rotation))
+    expected = torch.rot90(plain.frames[0], k=rotation // 90, dims=(1, 2))
+    assert rotated.frames[0].shape == expected.shape
+    assert (rotated.frames[0].float() - expected.float()).abs().mean() < 2
+
+
+def test_ten_bit_video(tmp_path):
+    path = write_video(tmp_path / "tenbit.mkv", regular(2), pix_fmt="yuv420p10le", value=100)
+    with av.open(str(path)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+    s = sample_frames(path)
+    assert s.frames.dtype == torch.uint8 and abs(s.frames.float().mean().item() - 100) < 3
+
+
+def test_full_range_video_keeps_its_levels(tmp_path):
+    path = write_video(tmp_path / "full.mp4", regular(2), value=30, full_range=True)
+    with av.open(str(path)) as c:
+        assert next(c.decode(video=0)).color_range == av.video.reformatter.ColorRange.JPEG
+    # read as limited range, dark gray 30 would come out near 16
+    assert abs(sample_frames(path).frames.float().mean().item() - 30) < 3
+
+
+def test_several_audio_streams(tmp_path):
+    path = write_video(tmp_path / "audio.mkv", regular(3), audio_streams=2)
+    with av.open(str(path)) as c:
+        assert len(c.streams.audio) == 2
+    assert sample_frames(path).timestamps.tolist() == pytest.approx([0, 1, 2])
+
+
+# ---- bad input --------------------------------------------------------------------------------------------
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"nope\.mp4"):
+        sample_frames(tmp_path / "nope.mp4")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.mp4", b"", "empty"),
+        ("garbage.mp4", bytes(range(256)) * 40, "not a readable video"),
+        ("notes.mp4", b"this is a text file, not a video\n" * 20, "not a readable video"),
+    ],
+)
+def test_unreadable_files_raise_video_decode_error(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(VideoDecodeError, match=reason) as info:
+        sample_frames(path)
+    assert info.value.path == str(path)
+
+
+def test_audio_only_file(tmp_path):
+    path = tmp_path / "audio.mka"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        samples.sample_rate, samples.pts = 16000, 0
+        for packet in [*stream.encode(samples), *stream.encode()]:
+            container.mux(packet)
+    with pytest.raises(VideoDecodeError, match="no video stream"):
+        sample_frames(path)
+
+
+def test_truncated_file_decodes_what_it_can(tmp_path):
+    path = write_video(tmp_path / "whole.mkv", regular(4))
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s = sample_frames(cut)
+    assert 1 <= s.frames.shape[0] < 4
