@@ -6,8 +6,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPModel
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing (spec §11)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from xclip_lightning.data.transforms import normalize
 
 
 class CLIPEncoders(nn.Module):
@@ -23,8 +22,6 @@ class CLIPEncoders(nn.Module):
     def __init__(self, clip: CLIPModel) -> None:
         super().__init__()
         self.clip = clip
-        self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(3, 1, 1), persistent=False)
 
     @classmethod
     def from_pretrained(cls, clip_name_or_path: str) -> CLIPEncoders:
@@ -55,7 +52,7 @@ class CLIPEncoders(nn.Module):
     def normalize_pixels(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
         """uint8 frames [B,T,3,S,S] -> CLIP-normalised float pixels; padded frames become all-zero tensors (the
         official padding: the image at the dataset mean)."""
-        pixels = (frames.float() / 255.0 - self.pixel_mean) / self.pixel_std
+        pixels = normalize(frames)
         return pixels * frame_mask[:, :, None, None, None].to(pixels.dtype)
 
     def encode_frames(self, pixels: Tensor, frame_mask: Tensor) -> Tensor:

@@ -1,0 +1,36 @@
+"""CLIP preprocessing on uint8 video tensors with torchvision.transforms.v2 (xclip-spec.md §11).
+
+Resize the short side to S (bicubic, antialiased), center crop S x S, and, on the device, normalise with CLIP's
+mean and std. There is no augmentation in the official pipeline, so the resized uint8 frames can be cached.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.transforms import v2
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP preprocessing (spec §11)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DEFAULT_IMAGE_SIZE = 224  # CLIP ViT-B/32 and ViT-B/16 input size
+
+
+def resize_crop(size: int = DEFAULT_IMAGE_SIZE) -> v2.Compose:
+    """uint8 [T,3,H,W] -> uint8 [T,3,S,S]: short side to S (bicubic, antialias), then center crop S.
+
+    On uint8 tensors torch's bicubic resize rounds and clamps like PIL, so this matches the official PIL pipeline
+    within 1/255 per pixel (tests/data/test_transforms.py states the bound after normalisation).
+    """
+    return v2.Compose(
+        [
+            v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+        ]
+    )
+
+
+def normalize(frames: Tensor) -> Tensor:
+    """uint8 [...,3,H,W] -> float32 CLIP-normalised pixels."""
+    mean = torch.tensor(CLIP_MEAN, device=frames.device).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=frames.device).view(3, 1, 1)
+    return (frames.float() / 255.0 - mean) / std
