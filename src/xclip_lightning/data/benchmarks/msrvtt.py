@@ -1,0 +1,66 @@
+"""MSR-VTT as released by CLIP4Clip (``msrvtt_data.zip``): 9k/7k train csv + MSRVTT_data.json, JSFUSION 1k-A test.
+
+Train expands every caption of each train video (``--expand_msrvtt_sentences``, used by every X-CLIP script).
+Val = test = the 1k-A JSFUSION csv, one caption per video. Videos: ``<videos>/<video_id>.mp4`` or ``.webm``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from xclip_lightning.data.benchmarks.common import (
+    AnnotationError,
+    MissingPolicy,
+    VideoRecord,
+    find_flat,
+    read_csv_rows,
+    require_file,
+    resolve_missing,
+)
+
+DATA_JSON = "MSRVTT_data.json"
+TRAIN_CSV = {"9k": "MSRVTT_train.9k.csv", "7k": "MSRVTT_train.7k.csv"}
+TEST_CSV = "MSRVTT_JSFUSION_test.csv"
+
+
+def _captions_by_video(path: Path) -> dict[str, list[str]]:
+    try:
+        data = json.loads(require_file(path, "MSR-VTT captions").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(path, f"not valid JSON ({err.msg})", line=err.lineno) from err
+    if "sentences" not in data:
+        raise AnnotationError(path, "missing key 'sentences'")
+    captions: dict[str, list[str]] = {}
+    for i, item in enumerate(data["sentences"]):
+        for key in ("video_id", "caption"):
+            if key not in item:
+                raise AnnotationError(path, f"sentences[{i}] has no key {key!r}")
+        captions.setdefault(item["video_id"], []).append(item["caption"])
+    return captions
+
+
+def read_msrvtt(
+    annotations: str | Path,
+    videos: str | Path,
+    split: Literal["train", "val", "test"],
+    train_set: Literal["9k", "7k"] = "9k",
+    missing_videos: MissingPolicy = "error",
+) -> list[VideoRecord]:
+    """Records of one split; ``annotations`` is the folder holding the csv files and MSRVTT_data.json."""
+    annotations, videos = Path(annotations), Path(videos)
+    records = []
+    if split == "train":
+        captions = _captions_by_video(annotations / DATA_JSON)
+        csv_path = annotations / TRAIN_CSV[train_set]
+        for line, row in read_csv_rows(csv_path, ["video_id"]):
+            vid = row["video_id"]
+            if vid not in captions:
+                raise AnnotationError(csv_path, f"video {vid!r} has no caption in {DATA_JSON}", line=line)
+            records.append(VideoRecord(vid, find_flat(videos, vid), tuple(captions[vid]), split))
+    else:  # val = test = JSFUSION 1k-A (official)
+        for _, row in read_csv_rows(annotations / TEST_CSV, ["key", "vid_key", "video_id", "sentence"]):
+            vid = row["video_id"]
+            records.append(VideoRecord(vid, find_flat(videos, vid), (row["sentence"],), split))
+    return resolve_missing(records, missing_videos, f"MSR-VTT {split} ({annotations})")

@@ -1,0 +1,70 @@
+"""MSVD as released by CLIP4Clip / collaborative-experts: raw-captions.pkl + {train,val,test}_list.txt.
+
+Every caption of a video is kept; evaluation uses the multi-caption protocol. Videos: any file under the folder
+(walked recursively) whose stem is the id (YouTubeClips ``*.avi``). The pickle is read with an unpickler that
+accepts only dicts, lists and strings: a pickle can run code, and this one never needs to.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+from typing import Any, Literal
+
+from xclip_lightning.data.benchmarks.common import (
+    AnnotationError,
+    MissingPolicy,
+    VideoRecord,
+    index_by_stem,
+    require_file,
+    resolve_missing,
+)
+
+CAPTIONS_PKL = "raw-captions.pkl"
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    """Dicts, lists, tuples and strings are built from opcodes alone; any class or function lookup is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: {CAPTIONS_PKL} may only hold dicts, lists and strings"
+        )
+
+
+def load_raw_captions(path: Path) -> dict[str, list[str]]:
+    """video id -> captions, each caption a list of word tokens joined with spaces (official)."""
+    try:
+        data = _DataOnlyUnpickler(io.BytesIO(require_file(path, "MSVD captions").read_bytes())).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise AnnotationError(path, f"cannot be read safely: {err}") from err
+    if not isinstance(data, dict):
+        raise AnnotationError(path, f"expected a dict of video id -> captions, got {type(data).__name__}")
+    captions = {}
+    for vid, caps in data.items():
+        if not isinstance(caps, list) or not all(isinstance(c, list | str) for c in caps):
+            raise AnnotationError(path, f"video {vid!r}: expected a list of token lists")
+        captions[str(vid)] = [" ".join(c) if isinstance(c, list) else c for c in caps]
+    return captions
+
+
+def read_msvd(
+    annotations: str | Path,
+    videos: str | Path,
+    split: Literal["train", "val", "test"],
+    missing_videos: MissingPolicy = "error",
+) -> list[VideoRecord]:
+    annotations, videos = Path(annotations), Path(videos)
+    captions = load_raw_captions(annotations / CAPTIONS_PKL)
+    list_path = require_file(annotations / f"{split}_list.txt", f"MSVD {split} split")
+    on_disk = index_by_stem(videos)
+    records = []
+    for line, raw in enumerate(list_path.read_text(encoding="utf-8").splitlines(), start=1):
+        vid = raw.strip()
+        if not vid:
+            continue
+        if vid not in captions:
+            raise AnnotationError(list_path, f"video {vid!r} has no captions in {CAPTIONS_PKL}", line=line)
+        records.append(VideoRecord(vid, on_disk.get(vid), tuple(captions[vid]), split))
+    return resolve_missing(records, missing_videos, f"MSVD {split} ({annotations})")
