@@ -191,8 +191,8 @@ class XCLIPHead(nn.Module):
         frames_slot_major: Tensor | None = None,
     ) -> dict[str, Tensor]:
         second = self.poolings[1]
-        if frames_slot_major is None:
-            frames_slot_major = sim.frames_by_slot(video.frames)
+        if frames_slot_major is None and {"sentence_frame", "frame_word"} & set(self.contrasts):
+            frames_slot_major = sim.frames_by_slot(video.frames)  # shared by the two frame-level contrasts
         word_mask = text.word_mask if self.mask_padding else None
         frame_mask = video.frame_mask if self.mask_padding else None
         tau = self.temperature
