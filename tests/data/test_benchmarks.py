@@ -124,3 +124,49 @@ def test_msvd_unknown_id_in_split_list(msvd):
     with pytest.raises(FileNotFoundError, match="MSVD train split"):
         (ann / "train_list.txt").unlink()
         read_msvd(ann, vids, "train")
+
+
+def test_generic_jsonl_and_csv_give_the_same_records(tmp_path):
+    from xclip_lightning.data.benchmarks import read_generic
+
+    vids = tmp_path / "videos"
+    touch(vids / "a.mp4")
+    touch(vids / "sub" / "b.mkv")
+    jsonl = tmp_path / "ann.jsonl"
+    jsonl.write_text(
+        '{"video": "a.mp4", "captions": ["a dog runs", "a dog plays"], "split": "train"}\n\n'
+        '{"video": "sub/b.mkv", "caption": "a cat sleeps", "split": "train"}\n'
+        '{"video": "a.mp4", "caption": "held out", "split": "test"}\n'
+    )
+    csv_file = tmp_path / "ann.csv"
+    csv_file.write_text(
+        "video,caption,split\na.mp4,a dog runs,train\nsub/b.mkv,a cat sleeps,train\na.mp4,a dog plays,train\n"
+    )
+    from_jsonl = read_generic(jsonl, vids, "train")
+    assert [(r.video_id, r.captions, r.video_path) for r in from_jsonl] == [
+        ("a", ("a dog runs", "a dog plays"), vids / "a.mp4"),
+        ("b", ("a cat sleeps",), vids / "sub" / "b.mkv"),
+    ]
+    assert [(r.video_id, r.captions) for r in read_generic(csv_file, vids, "train")] == [
+        (r.video_id, r.captions) for r in from_jsonl
+    ]
+    assert [r.captions for r in read_generic(jsonl, vids, "test")] == [("held out",)]
+
+
+def test_generic_errors_name_file_and_line(tmp_path):
+    from xclip_lightning.data.benchmarks import read_generic
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"video": "a.mp4", "caption": "x", "split": "train"}\n{"video": "b.mp4", "split": "train"}\n')
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl:2: needs 'captions'"):
+        read_generic(bad, tmp_path, "train")
+    bad.write_text('{"video": "a.mp4", "caption": "x", "split": "train"\n')
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl:1: not valid JSON"):
+        read_generic(bad, tmp_path, "train")
+    bad.write_text('{"caption": "x", "split": "train"}\n')
+    with pytest.raises(AnnotationError, match=r"bad\.jsonl:1: missing key 'video'"):
+        read_generic(bad, tmp_path, "train")
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"video": "gone.mp4", "caption": "x", "split": "val"}\n')
+    with pytest.raises(MissingVideosError, match=r"val: 1 missing, e\.g\. gone"):
+        read_generic(good, tmp_path, "val")
