@@ -138,7 +138,8 @@ def sample_frames(
             if other.index != stream.index:
                 other.discard = av.stream.Discard.all
         rate = stream.average_rate or stream.guessed_rate
-        official_step = max(1, int(rate * Fraction(1 / fps).limit_denominator())) if rate else 1  # int(fps) frames
+        per_second = Fraction(fps).limit_denominator()  # exact, so bucket edges fall on whole pts ticks
+        official_step = max(1, int(rate / per_second)) if rate else 1  # int(fps) frames per sample (official)
         picked: list[tuple[Fraction, Tensor]] = []
         start: Fraction | None = None
         last_bucket = -1
@@ -146,7 +147,7 @@ def sample_frames(
             if start is None:
                 start = time
             if mode == "timestamp":
-                bucket = math.floor((time - start) * Fraction(fps).limit_denominator())
+                bucket = math.floor((time - start) * per_second)
                 if bucket <= last_bucket:
                     continue
                 last_bucket = bucket
