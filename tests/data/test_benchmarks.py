@@ -170,3 +170,79 @@ def test_generic_errors_name_file_and_line(tmp_path):
     good.write_text('{"video": "gone.mp4", "caption": "x", "split": "val"}\n')
     with pytest.raises(MissingVideosError, match=r"val: 1 missing, e\.g\. gone"):
         read_generic(good, tmp_path, "val")
+
+
+def test_lsmdc_six_tab_fields_recursive_lookup(tmp_path):
+    from xclip_lightning.data.benchmarks import read_lsmdc
+
+    ann, vids = tmp_path / "lsmdc", tmp_path / "clips"
+    ann.mkdir()
+    rows = [
+        "0001_American_Beauty_00.00.51.926-00.00.54.129\t00.00.51.926\t00.00.54.129\t00.00.51.000\t00.00.55.000\t"
+        "SOMEONE walks in.",
+        "0001_American_Beauty_00.01.03.000-00.01.05.000\t1\t2\t3\t4\tHe sits down.",
+    ]
+    (ann / "LSMDC16_challenge_1000_publictect.csv").write_text("\n".join(rows) + "\n")
+    touch(vids / "0001_American_Beauty" / "0001_American_Beauty_00.00.51.926-00.00.54.129.avi")
+    with pytest.raises(MissingVideosError, match=r"test: 1 missing, e\.g\. 0001_American_Beauty_00\.01\.03"):
+        read_lsmdc(ann, vids, "test")
+    touch(vids / "0001_American_Beauty" / "0001_American_Beauty_00.01.03.000-00.01.05.000.avi")
+    test = read_lsmdc(ann, vids, "test")
+    assert [r.captions for r in test] == [("SOMEONE walks in.",), ("He sits down.",)]
+    assert test[0].video_path.parent.name == "0001_American_Beauty"
+    (ann / "LSMDC16_annos_val.csv").write_text(rows[0] + "\nclip\t1\t2\tfive fields only\n")
+    with pytest.raises(AnnotationError, match=r"LSMDC16_annos_val\.csv:2: expected 6 tab-separated fields"):
+        read_lsmdc(ann, vids, "val")
+
+
+def test_didemo_paragraphs_clip_0_to_31_and_mp4_suffix_rule(tmp_path):
+    from xclip_lightning.data.benchmarks import read_didemo
+
+    ann, vids = tmp_path / "didemo", tmp_path / "videos"
+    ann.mkdir()
+    (ann / "test_list.txt").write_text("12090392@N02_13482799053_87ef417396.mov\nno_text.mp4\n")
+    data = [
+        {"video": "12090392@N02_13482799053_87ef417396.mov", "description": "a girl jumps", "times": [[0, 1]]},
+        {"video": "other.mov", "description": "not in this split", "times": [[2, 2]]},
+        {"video": "12090392@N02_13482799053_87ef417396.mov", "description": "she lands", "times": [[2, 3]]},
+    ]
+    (ann / "test_data.json").write_text(json.dumps(data))
+    touch(vids / "12090392@N02_13482799053_87ef417396.mov.mp4")  # re-encoded: id = name up to ".mp4"
+    with pytest.warns(RuntimeWarning, match=r"test_list\.txt: 1 video\(s\) have no description.*no_text\.mp4"):
+        test = read_didemo(ann, vids, "test")
+    assert len(test) == 1 and test[0].captions == ("a girl jumps she lands",)
+    assert test[0].end_time == 32 and test[0].video_path.name.endswith(".mov.mp4")
+    (ann / "test_data.json").write_text(json.dumps([{"video": "x", "times": []}]))
+    with pytest.raises(AnnotationError, match=r"test_data\.json: entry \[0\] has no key 'description'"):
+        read_didemo(ann, vids, "test")
+
+
+def test_activitynet_paragraphs_val_is_test(tmp_path):
+    from xclip_lightning.data.benchmarks import read_activitynet
+
+    ann, vids = tmp_path / "anet", tmp_path / "videos"
+    ann.mkdir()
+    (ann / "val_ids.json").write_text(json.dumps(["v_QOlSCBRmfWY", "v_ehGHCYKzyZ8"]))
+    captions = {
+        "v_QOlSCBRmfWY": {
+            "duration": 82.7,
+            "timestamps": [[0, 20], [20, 82]],
+            "sentences": ["A man runs.", " He falls. "],
+        },
+        "v_ehGHCYKzyZ8": {"duration": 61.0, "timestamps": [[0, 61]], "sentences": ["Kids play."]},
+    }
+    (ann / "val_1.json").write_text(json.dumps(captions))
+    touch(vids / "QOlSCBRmfWY.mkv")
+    touch(vids / "sub" / "ehGHCYKzyZ8.mp4")
+    test = read_activitynet(ann, vids, "test")
+    assert [(r.video_id, r.captions) for r in test] == [
+        ("QOlSCBRmfWY", ("A man runs. He falls.",)),
+        ("ehGHCYKzyZ8", ("Kids play.",)),
+    ]
+    assert [r.video_path.name for r in test] == ["QOlSCBRmfWY.mkv", "ehGHCYKzyZ8.mp4"]
+    (ann / "val_1.json").write_text('{"v_QOlSCBRmfWY": \n')
+    with pytest.raises(AnnotationError, match=r"val_1\.json:\d+: not valid JSON"):
+        read_activitynet(ann, vids, "val")
+    (ann / "val_1.json").write_text(json.dumps({"v_QOlSCBRmfWY": captions["v_QOlSCBRmfWY"]}))
+    with pytest.raises(AnnotationError, match=r"val_1\.json: no entry for 'v_ehGHCYKzyZ8'"):
+        read_activitynet(ann, vids, "val")

@@ -4,12 +4,13 @@ and the missing-video policy (xclip-spec.md §12)."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 MissingPolicy = Literal["error", "skip"]
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp")
@@ -36,12 +37,28 @@ class VideoRecord:
     video_path: Path | None
     captions: tuple[str, ...]
     split: str
+    end_time: float | None = None  # sample only [0, end_time) seconds (DiDeMo: 32); None = the whole video
 
 
 def require_file(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found ({what})")
     return path
+
+
+def load_json(path: Path, what: str) -> Any:
+    """Parse a JSON annotation file; a syntax error names the file and the line."""
+    try:
+        return json.loads(require_file(path, what).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(path, f"not valid JSON ({err.msg})", line=err.lineno) from err
+
+
+def read_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, stripped text) for each non-blank line of a text file."""
+    for line, raw in enumerate(require_file(path, what).read_text(encoding="utf-8").splitlines(), start=1):
+        if raw.strip():
+            yield line, raw.strip()
 
 
 def read_csv_rows(path: Path, columns: Sequence[str], delimiter: str = ",") -> Iterator[tuple[int, dict[str, str]]]:

@@ -16,7 +16,7 @@ from xclip_lightning.data.benchmarks.common import (
     MissingPolicy,
     VideoRecord,
     read_csv_rows,
-    require_file,
+    read_lines,
     resolve_missing,
 )
 
@@ -30,9 +30,7 @@ def _entries(path: Path) -> list[tuple[int, str, str, list[str], str]]:
         return entries
     if path.suffix != ".jsonl":
         raise AnnotationError(path, "unknown annotation format: use a .jsonl or .csv file")
-    for line, text in enumerate(require_file(path, "annotation file").read_text(encoding="utf-8").splitlines(), 1):
-        if not text.strip():
-            continue
+    for line, text in read_lines(path, "annotation file"):
         try:
             item = json.loads(text)
         except json.JSONDecodeError as err:

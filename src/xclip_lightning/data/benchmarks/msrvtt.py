@@ -6,7 +6,6 @@ Val = test = the 1k-A JSFUSION csv, one caption per video. Videos: ``<videos>/<v
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -15,8 +14,8 @@ from xclip_lightning.data.benchmarks.common import (
     MissingPolicy,
     VideoRecord,
     find_flat,
+    load_json,
     read_csv_rows,
-    require_file,
     resolve_missing,
 )
 
@@ -26,11 +25,8 @@ TEST_CSV = "MSRVTT_JSFUSION_test.csv"
 
 
 def _captions_by_video(path: Path) -> dict[str, list[str]]:
-    try:
-        data = json.loads(require_file(path, "MSR-VTT captions").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise AnnotationError(path, f"not valid JSON ({err.msg})", line=err.lineno) from err
-    if "sentences" not in data:
+    data = load_json(path, "MSR-VTT captions")
+    if not isinstance(data, dict) or "sentences" not in data:
         raise AnnotationError(path, "missing key 'sentences'")
     captions: dict[str, list[str]] = {}
     for i, item in enumerate(data["sentences"]):

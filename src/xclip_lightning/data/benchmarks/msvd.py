@@ -17,6 +17,7 @@ from xclip_lightning.data.benchmarks.common import (
     MissingPolicy,
     VideoRecord,
     index_by_stem,
+    read_lines,
     require_file,
     resolve_missing,
 )
@@ -57,13 +58,10 @@ def read_msvd(
 ) -> list[VideoRecord]:
     annotations, videos = Path(annotations), Path(videos)
     captions = load_raw_captions(annotations / CAPTIONS_PKL)
-    list_path = require_file(annotations / f"{split}_list.txt", f"MSVD {split} split")
+    list_path = annotations / f"{split}_list.txt"
     on_disk = index_by_stem(videos)
     records = []
-    for line, raw in enumerate(list_path.read_text(encoding="utf-8").splitlines(), start=1):
-        vid = raw.strip()
-        if not vid:
-            continue
+    for line, vid in read_lines(list_path, f"MSVD {split} split"):
         if vid not in captions:
             raise AnnotationError(list_path, f"video {vid!r} has no captions in {CAPTIONS_PKL}", line=line)
         records.append(VideoRecord(vid, on_disk.get(vid), tuple(captions[vid]), split))
