@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from xclip_lightning.data import video
 from xclip_lightning.data.video import VideoDecodeError, linspace_indices, sample_frames
 
 
@@ -24,11 +25,12 @@ def write_video(
     rotation: int | None = None,
     full_range: bool = False,
     audio_streams: int = 0,
+    options: dict[str, str] | None = None,
 ) -> Path:
     """Frames at the given presentation times (seconds); frame i is filled with a gradient (or ``value``)."""
     width, height = size
     with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=30)
+        stream = container.add_stream(codec, rate=30, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         stream.time_base = Fraction(1, 1000)
         stream.codec_context.time_base = Fraction(1, 1000)
@@ -240,3 +242,54 @@ def test_truncated_file_decodes_what_it_can(tmp_path):
         warnings.simplefilter("ignore", RuntimeWarning)
         s = sample_frames(cut)
     assert 1 <= s.frames.shape[0] < 4
+
+
+# ---- the planned (fast) path against decoding every frame ----------------------------------------------------
+
+
+def assert_same(planned, sequential):
+    assert planned is not None, "the fast path fell back"
+    assert [t for t, _ in planned] == [t for t, _ in sequential]
+    for (_, a), (_, b) in zip(planned, sequential, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "name", ["msrvtt_video9770.mp4", "torchcodec_nasa_13013.mp4", "moviepy_fire2.mp4", "moviepy_no_duration.webm"]
+)
+@pytest.mark.parametrize(
+    ("fps", "max_frames", "mode"), [(1.0, 12, "timestamp"), (5.0, 100, "official"), (1.0, 4, "official")]
+)
+def test_planned_path_is_exact_on_real_files(videos, name, fps, max_frames, mode):
+    args = (videos / name, fps, max_frames, mode, None)
+    assert_same(video._planned(*args), video._sequential(*args))
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("decord_corrupted.mp4", "a corrupt packet"),
+        ("mediabunny_no-initial-keyframe.ts", "the stream starts mid-GOP"),
+        ("mmaction2_test.avi", "AVI packets carry no pts"),
+    ],
+)
+def test_untrustworthy_plans_fall_back_to_decoding_everything(videos, name, why):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert video._planned(videos / name, 1.0, 12, "timestamp", None) is None, why
+
+
+@pytest.mark.parametrize("gop", ["12", "250"])
+def test_planned_path_is_exact_with_b_frames_and_long_gops(tmp_path, gop):
+    options = {"g": gop, "bf": "3", "sc_threshold": "0", "threads": "1"}
+    path = write_video(tmp_path / f"gop{gop}.mp4", regular(40, fps=30), options=options)
+    for mode in ("timestamp", "official"):
+        args = (path, 1.0, 12, mode, None)
+        assert_same(video._planned(*args), video._sequential(*args))
+    assert_same(video._planned(path, 3.0, 200, "timestamp", 7.5), video._sequential(path, 3.0, 200, "timestamp", 7.5))
+
+
+def test_end_time_keeps_only_the_first_seconds(tmp_path):
+    path = write_video(tmp_path / "ten.mp4", regular(10))
+    assert sample_frames(path, end_time=4).timestamps.tolist() == pytest.approx([0, 1, 2, 3])
+    assert sample_frames(path, max_frames=3, end_time=32).timestamps.tolist() == pytest.approx([0, 4, 9])

@@ -113,13 +113,146 @@ def _to_tensor(frame: av.VideoFrame) -> Tensor:
     return torch.rot90(image, k=quarter_turns, dims=(1, 2)).contiguous() if quarter_turns else image
 
 
+class _Picker:
+    """The sampling rule, fed frame times in presentation order: ``accept(time)`` says whether the frame is picked.
+
+    ``timestamp``: the first frame of each second (measured from the first frame); ``official``: every int(fps)-th
+    frame. ``done`` turns True at the first frame at or after ``end_time`` seconds.
+    """
+
+    def __init__(self, rate: Fraction | None, fps: float, mode: SamplingMode, end_time: float | None) -> None:
+        self.per_second = Fraction(fps).limit_denominator()  # exact, so bucket edges fall on whole pts ticks
+        self.step = max(1, int(rate / self.per_second)) if rate else 1  # official: int(fps) frames per second
+        self.limit = Fraction(end_time).limit_denominator() if end_time is not None else None
+        self.mode = mode
+        self.start: Fraction | None = None
+        self.index = 0
+        self.last_bucket = -1
+        self.done = False
+
+    def accept(self, time: Fraction) -> bool:
+        if self.start is None:
+            self.start = time
+        offset, index = time - self.start, self.index
+        self.index += 1
+        if self.limit is not None and offset >= self.limit:
+            self.done = True
+            return False
+        if self.mode == "official":
+            return index % self.step == 0
+        bucket = math.floor(offset * self.per_second)
+        if bucket > self.last_bucket:
+            self.last_bucket = bucket
+            return True
+        return False
+
+
+def _sequential(
+    path: str | os.PathLike, fps: float, max_frames: int, mode: SamplingMode, end_time: float | None
+) -> list[tuple[Fraction, Tensor]]:
+    """Decode every frame in order (per-packet error capture), convert the picked ones, then apply linspace."""
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time)
+        picked: list[tuple[Fraction, Tensor]] = []
+        for time, frame in _presentation_order(container, stream, path):
+            if picker.accept(time):
+                picked.append((time - picker.start, _to_tensor(frame)))
+            elif picker.done:
+                break
+        return [picked[i] for i in linspace_indices(len(picked), max_frames)]
+    except av.error.FFmpegError as err:
+        raise VideoDecodeError(path, f"{type(err).__name__}: {err}") from err
+    finally:
+        container.close()
+
+
+def _video_stream(container: av.container.InputContainer, path: str | os.PathLike) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        raise VideoDecodeError(path, "no video stream (audio-only or not a video)")
+    stream = container.streams.video[0]
+    stream.thread_type = "SLICE"  # never frame threading: it has deadlocked inside DataLoader workers
+    for other in container.streams:
+        if other.index != stream.index:
+            other.discard = av.stream.Discard.all  # do not demux audio for nothing
+    return stream
+
+
+def _planned(
+    path: str | os.PathLike, fps: float, max_frames: int, mode: SamplingMode, end_time: float | None
+) -> list[tuple[Fraction, Tensor]] | None:
+    """The fast exact path: demux once, pick the target frames from the packets' pts, decode only the GOP
+    segments that lead to a target (non-reference frames away from targets skipped), convert only the targets.
+
+    Returns None when the plan cannot be trusted (a packet without pts, a stream that does not start on a keyframe,
+    a decoder error, a target that did not come out): the caller then decodes everything in order.
+    """
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time)
+        packets = []
+        for packet in container.demux(stream):
+            if packet.size == 0:
+                continue
+            if packet.pts is None or (not packets and not packet.is_keyframe):
+                return None
+            packets.append(packet)
+        if not packets:
+            return None
+        order = sorted(range(len(packets)), key=lambda i: packets[i].pts)  # decode index by presentation order
+        times = [Fraction(packets[i].pts * stream.time_base) for i in order]
+        picked = [n for n, time in enumerate(times) if picker.accept(time) and not picker.done]
+        targets = {order[picked[i]] for i in linspace_indices(len(picked), max_frames)}  # decode indices
+        # each target needs decoding from the last keyframe before it (in decode order) that precedes it in time
+        needed = [False] * len(packets)
+        keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
+        for target in targets:
+            first = max(k for k in keyframes if k <= target and packets[k].pts <= packets[target].pts)
+            for i in range(first, target + 1):
+                needed[i] = True
+        wanted_pts = {packets[i].pts: i for i in targets}
+        context = stream.codec_context
+        got: dict[int, av.VideoFrame] = {}
+
+        def collect(frames: list[av.VideoFrame]) -> None:
+            for frame in frames:
+                if frame.pts in wanted_pts:
+                    got[frame.pts] = frame
+
+        for i, packet in enumerate(packets):
+            if not needed[i]:
+                if i > 0 and needed[i - 1]:  # end of a segment: drain the decoder, then reset it
+                    collect(context.decode(None))
+                    context.flush_buffers()
+                continue
+            context.skip_frame = "DEFAULT" if i in targets else "NONREF"
+            collect(context.decode(packet))
+        context.skip_frame = "DEFAULT"
+        collect(context.decode(None))
+        if len(got) != len(targets):
+            return None
+        start = times[0]
+        return [(Fraction(pts * stream.time_base) - start, _to_tensor(got[pts])) for pts in sorted(got)]
+    except av.error.FFmpegError:
+        return None  # a corrupt packet: the sequential path decodes around it and reports it
+    finally:
+        container.close()
+
+
 def sample_frames(
     path: str | os.PathLike,
     fps: float = 1.0,
     max_frames: int = 12,
     mode: SamplingMode = "timestamp",
+    end_time: float | None = None,
 ) -> SampledFrames:
     """Sample ``fps`` frames per second (at most ``max_frames``, uniformly subsampled) from a video file.
+
+    ``end_time`` keeps only frames before that many seconds from the first frame (DiDeMo: 32). The fast path
+    decodes only what the chosen frames need; when its plan cannot be trusted (no pts, a corrupt packet, a stream
+    that starts mid-GOP) every frame is decoded in order instead. Both give the same frames.
 
     Raises ``FileNotFoundError`` for a missing file and ``VideoDecodeError`` when nothing decodes (empty, garbage,
     no video stream, audio only).
@@ -128,39 +261,11 @@ def sample_frames(
         raise ValueError(f"need fps > 0 and max_frames >= 1, got fps={fps}, max_frames={max_frames}")
     if mode not in ("timestamp", "official"):
         raise ValueError(f"unknown sampling mode {mode!r}; expected 'timestamp' or 'official'")
-    container = _open(path)
-    try:
-        if not container.streams.video:
-            raise VideoDecodeError(path, "no video stream (audio-only or not a video)")
-        stream = container.streams.video[0]
-        stream.thread_type = "SLICE"  # never frame threading: it has deadlocked inside DataLoader workers
-        for other in container.streams:
-            if other.index != stream.index:
-                other.discard = av.stream.Discard.all
-        rate = stream.average_rate or stream.guessed_rate
-        per_second = Fraction(fps).limit_denominator()  # exact, so bucket edges fall on whole pts ticks
-        official_step = max(1, int(rate / per_second)) if rate else 1  # int(fps) frames per sample (official)
-        picked: list[tuple[Fraction, Tensor]] = []
-        start: Fraction | None = None
-        last_bucket = -1
-        for index, (time, frame) in enumerate(_presentation_order(container, stream, path)):
-            if start is None:
-                start = time
-            if mode == "timestamp":
-                bucket = math.floor((time - start) * per_second)
-                if bucket <= last_bucket:
-                    continue
-                last_bucket = bucket
-            elif index % official_step:
-                continue
-            picked.append((time - start, _to_tensor(frame)))
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(path, f"{type(err).__name__}: {err}") from err
-    finally:
-        container.close()
+    picked = _planned(path, fps, max_frames, mode, end_time)
+    if picked is None:
+        picked = _sequential(path, fps, max_frames, mode, end_time)
     if not picked:
         raise VideoDecodeError(path, "no frame could be decoded")
-    keep = linspace_indices(len(picked), max_frames)
-    frames = torch.stack([picked[i][1] for i in keep])
-    timestamps = torch.tensor([float(picked[i][0]) for i in keep], dtype=torch.float64)
+    frames = torch.stack([frame for _, frame in picked])
+    timestamps = torch.tensor([float(time) for time, _ in picked], dtype=torch.float64)
     return SampledFrames(frames, timestamps)
