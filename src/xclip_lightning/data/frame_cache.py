@@ -1,0 +1,173 @@
+"""Decode each video once: sampled, resized and cropped uint8 frames in a memory-mapped store.
+
+The official pipeline has no augmentation, so the frames a video gives never change: ``FrameCache.build`` decodes
+every video in a process pool (with a progress bar) and ``FrameCache.load`` memory-maps the result. The store is
+keyed by the sampler settings, so changing fps, max_frames, mode or the image size builds a new one:
+
+    <root>/fps1-frames12-timestamp-224px-v1/
+        <entry>.npy    uint8 [T,3,S,S], the T valid frames of one video (no padding)
+        <entry>.json   written last: timestamps [T], source path, size, mtime. An entry is readable only once
+                       this file exists; both are written to a temporary name and renamed (atomic)
+        <entry>.error  a video that gave no frame: its reason (reported, never cached as zeros)
+
+An interrupted build resumes where it stopped; an entry whose source file changed (size or mtime) is rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from xclip_lightning.data.transforms import resize_crop
+from xclip_lightning.data.video import SamplingMode, sample_frames
+
+CACHE_VERSION = 1  # bump when the stored layout or the sampler's output changes
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """What the cached frames depend on."""
+
+    fps: float = 1.0
+    max_frames: int = 12
+    mode: SamplingMode = "timestamp"
+    image_size: int = 224
+
+    @property
+    def key(self) -> str:
+        return f"fps{self.fps:g}-frames{self.max_frames}-{self.mode}-{self.image_size}px-v{CACHE_VERSION}"
+
+
+class VideoSource(NamedTuple):
+    """A video file and the part of it to sample: [0, end_time) seconds, the whole video when None."""
+
+    path: Path
+    end_time: float | None = None
+
+
+class CachedFrames(NamedTuple):
+    frames: Tensor  # uint8 [T,3,S,S]
+    timestamps: Tensor  # float64 [T] seconds from the first decodable frame
+
+
+def decode_video(source: VideoSource, settings: SamplerSettings) -> CachedFrames:
+    """Sample, resize and crop one video (no cache): the on-the-fly path and the cache's worker."""
+    sampled = sample_frames(source.path, settings.fps, settings.max_frames, settings.mode, source.end_time)
+    return CachedFrames(resize_crop(settings.image_size)(sampled.frames), sampled.timestamps)
+
+
+def _entry_name(source: VideoSource) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", source.path.stem)[:60]
+    digest = hashlib.sha1(f"{source.path.resolve()}|{source.end_time}".encode()).hexdigest()[:16]
+    return f"{readable}-{digest}"
+
+
+def _fingerprint(path: Path) -> dict[str, int]:
+    stat = path.stat()
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename: a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _build_entry(source: VideoSource, settings: SamplerSettings, folder: Path) -> str | None:
+    """Worker: decode one video into its entry; returns the failure reason, or None on success."""
+    torch.set_num_threads(1)
+    name = _entry_name(source)
+    meta = {"source": str(source.path), "end_time": source.end_time, **_fingerprint(source.path)}
+    try:
+        frames, timestamps = decode_video(source, settings)
+    except Exception as err:  # recorded with its reason and reported; never cached as a zero sample
+        reason = f"{type(err).__name__}: {err}"
+        _write_atomic(folder / f"{name}.error", json.dumps({**meta, "reason": reason}).encode())
+        return reason
+    _write_atomic(folder / f"{name}.npy", _npy_bytes(frames.numpy()))
+    _write_atomic(folder / f"{name}.json", json.dumps({**meta, "timestamps": timestamps.tolist()}).encode())
+    (folder / f"{name}.error").unlink(missing_ok=True)
+    return None
+
+
+class FrameCache:
+    """A memory-mapped store of sampled frames under ``root``, one folder per ``SamplerSettings``."""
+
+    def __init__(self, root: str | os.PathLike, settings: SamplerSettings) -> None:
+        self.settings = settings
+        self.folder = Path(root) / settings.key
+
+    def _is_current(self, source: VideoSource, suffix: str) -> bool:
+        meta_path = self.folder / f"{_entry_name(source)}{suffix}"
+        if not meta_path.is_file():
+            return False
+        try:
+            meta = json.loads(meta_path.read_text())
+            return {k: meta[k] for k in ("size", "mtime_ns")} == _fingerprint(source.path)
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def failures(self, sources: Sequence[VideoSource]) -> dict[Path, str]:
+        """Videos whose decoding failed in a build: path -> reason."""
+        failed = {}
+        for source in sources:
+            path = self.folder / f"{_entry_name(source)}.error"
+            if path.is_file():
+                failed[source.path] = json.loads(path.read_text())["reason"]
+        return failed
+
+    def build(self, sources: Sequence[VideoSource], workers: int = 4, progress: bool = True) -> dict[Path, str]:
+        """Decode every source not yet cached (or changed since); returns the failures, path -> reason."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        todo = [
+            s for s in dict.fromkeys(sources) if not self._is_current(s, ".json") and not self._is_current(s, ".error")
+        ]
+        if not todo:
+            return self.failures(sources)
+        with tqdm(total=len(todo), desc=f"decoding into {self.folder}", unit="video", disable=not progress) as bar:
+            if workers <= 1:
+                for source in todo:
+                    _build_entry(source, self.settings, self.folder)
+                    bar.update()
+            else:  # fork is cheap; spawn once CUDA is up (a forked CUDA context is unusable)
+                context = multiprocessing.get_context("spawn" if torch.cuda.is_initialized() else None)
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                    futures = [pool.submit(_build_entry, source, self.settings, self.folder) for source in todo]
+                    for future in as_completed(futures):
+                        future.result()
+                        bar.update()
+        return self.failures(sources)
+
+    def __contains__(self, source: VideoSource) -> bool:
+        return (self.folder / f"{_entry_name(source)}.json").is_file()
+
+    def load(self, source: VideoSource) -> CachedFrames:
+        """The cached frames of one video (memory-mapped, then copied into a tensor)."""
+        name = _entry_name(source)
+        meta_path = self.folder / f"{name}.json"
+        if not meta_path.is_file():
+            raise KeyError(f"{source.path} is not in the frame cache {self.folder}: run prepare_data() (or build())")
+        frames = np.load(self.folder / f"{name}.npy", mmap_mode="r")
+        timestamps = torch.tensor(json.loads(meta_path.read_text())["timestamps"], dtype=torch.float64)
+        return CachedFrames(torch.from_numpy(np.array(frames)), timestamps)  # a writable copy of the mapped file
