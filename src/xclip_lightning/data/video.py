@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 SamplingMode = Literal["timestamp", "official"]
+NO_PTS_FORMATS = {"avi"}  # pts derived from decode order (MPEG-4 packed B-frames): frames don't map 1:1 to packets
 REORDER_WINDOW = 64  # frames held to restore presentation order (AVI / B-frame decode order is only locally off)
 
 
@@ -72,21 +73,23 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
 
 def _presentation_order(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: str | os.PathLike
-) -> Iterator[tuple[Fraction, av.VideoFrame]]:
-    """Yield (time in seconds as an exact Fraction, frame) in increasing presentation time.
+) -> Iterator[tuple[int, av.VideoFrame]]:
+    """Yield (pts in ``stream.time_base`` ticks, frame) in increasing presentation time.
 
     Packets are decoded one by one, so a corrupt packet costs only its own frames; failures are counted and
-    reported once. Frames are reordered through a small heap (decode order is only locally out of order).
+    reported once. Frames are reordered through a small heap (decode order is only locally out of order). A stream
+    without pts (raw .h264) gets ticks from the frame count and the nominal rate.
     """
-    heap: list[tuple[Fraction, int, av.VideoFrame]] = []
+    heap: list[tuple[int, int, av.VideoFrame]] = []
     counter = itertools.count()
     failed = 0
-    frame_step = 1 / Fraction(stream.average_rate or stream.guessed_rate or 25)  # for streams without pts
+    rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
+    step_ticks = max(1, round(1 / (rate * stream.time_base)))  # for streams without pts
 
-    def flush(size: int) -> Iterator[tuple[Fraction, av.VideoFrame]]:
+    def flush(size: int) -> Iterator[tuple[int, av.VideoFrame]]:
         while len(heap) > size:
-            time, _, frame = heapq.heappop(heap)
-            yield time, frame
+            ticks, _, frame = heapq.heappop(heap)
+            yield ticks, frame
 
     decoded = 0
     for packet in container.demux(stream):
@@ -96,9 +99,9 @@ def _presentation_order(
             failed += 1
             continue
         for frame in frames:
-            time = frame.pts * stream.time_base if frame.pts is not None else decoded * frame_step
+            ticks = frame.pts if frame.pts is not None else decoded * step_ticks
             decoded += 1
-            heapq.heappush(heap, (Fraction(time), next(counter), frame))
+            heapq.heappush(heap, (ticks, next(counter), frame))
         yield from flush(REORDER_WINDOW)
     yield from flush(0)
     if failed:
@@ -113,34 +116,55 @@ def _to_tensor(frame: av.VideoFrame) -> Tensor:
     return torch.rot90(image, k=quarter_turns, dims=(1, 2)).contiguous() if quarter_turns else image
 
 
+class _UntrustedPlan(Exception):
+    """The decoder's output contradicts the packets' pts (e.g. MPEG-4 packed B-frames in AVI)."""
+
+
 class _Picker:
-    """The sampling rule, fed frame times in presentation order: ``accept(time)`` says whether the frame is picked.
+    """The sampling rule, fed pts (integer ticks of ``time_base``) in presentation order: ``accept(pts)`` says
+    whether the frame is picked. Integer arithmetic only, so bucket edges are exact.
 
     ``timestamp``: the first frame of each second (measured from the first frame); ``official``: every int(fps)-th
     frame. ``done`` turns True at the first frame at or after ``end_time`` seconds.
     """
 
-    def __init__(self, rate: Fraction | None, fps: float, mode: SamplingMode, end_time: float | None) -> None:
-        self.per_second = Fraction(fps).limit_denominator()  # exact, so bucket edges fall on whole pts ticks
-        self.step = max(1, int(rate / self.per_second)) if rate else 1  # official: int(fps) frames per second
-        self.limit = Fraction(end_time).limit_denominator() if end_time is not None else None
+    def __init__(
+        self, rate: Fraction | None, fps: float, mode: SamplingMode, end_time: float | None, time_base: Fraction
+    ) -> None:
+        per_second = Fraction(fps).limit_denominator()
+        self.step = max(1, int(rate / per_second)) if rate else 1  # official: int(fps) frames per second
+        self.time_base = Fraction(time_base)
+        # bucket of an offset o (ticks) = floor(o * time_base * per_second) = (o * num) // den
+        self.bucket_num = self.time_base.numerator * per_second.numerator
+        self.bucket_den = self.time_base.denominator * per_second.denominator
+        limit = Fraction(end_time).limit_denominator() if end_time is not None else None
+        # an offset is past the end when o * time_base >= limit, i.e. o * limit_num >= limit_den (integers)
+        self.limit = (
+            None
+            if limit is None
+            else (self.time_base.numerator * limit.denominator, limit.numerator * self.time_base.denominator)
+        )
         self.mode = mode
-        self.start: Fraction | None = None
+        self.start: int | None = None
         self.index = 0
         self.last_bucket = -1
         self.done = False
 
-    def accept(self, time: Fraction) -> bool:
+    def seconds(self, pts: int) -> Fraction:
+        """Exact seconds of ``pts`` from the first frame."""
+        return (pts - self.start) * self.time_base
+
+    def accept(self, pts: int) -> bool:
         if self.start is None:
-            self.start = time
-        offset, index = time - self.start, self.index
+            self.start = pts
+        offset, index = pts - self.start, self.index
         self.index += 1
-        if self.limit is not None and offset >= self.limit:
+        if self.limit is not None and offset * self.limit[0] >= self.limit[1]:
             self.done = True
             return False
         if self.mode == "official":
             return index % self.step == 0
-        bucket = math.floor(offset * self.per_second)
+        bucket = (offset * self.bucket_num) // self.bucket_den
         if bucket > self.last_bucket:
             self.last_bucket = bucket
             return True
@@ -154,11 +178,11 @@ def _sequential(
     container = _open(path)
     try:
         stream = _video_stream(container, path)
-        picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time)
+        picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time, stream.time_base)
         picked: list[tuple[Fraction, Tensor]] = []
-        for time, frame in _presentation_order(container, stream, path):
-            if picker.accept(time):
-                picked.append((time - picker.start, _to_tensor(frame)))
+        for pts, frame in _presentation_order(container, stream, path):
+            if picker.accept(pts):
+                picked.append((picker.seconds(pts), _to_tensor(frame)))
             elif picker.done:
                 break
         return [picked[i] for i in linspace_indices(len(picked), max_frames)]
@@ -190,8 +214,10 @@ def _planned(
     """
     container = _open(path)
     try:
+        if container.format.name in NO_PTS_FORMATS:
+            return None
         stream = _video_stream(container, path)
-        picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time)
+        picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time, stream.time_base)
         packets = []
         for packet in container.demux(stream):
             if packet.size == 0:
@@ -201,23 +227,27 @@ def _planned(
             packets.append(packet)
         if not packets:
             return None
-        order = sorted(range(len(packets)), key=lambda i: packets[i].pts)  # decode index by presentation order
-        times = [Fraction(packets[i].pts * stream.time_base) for i in order]
-        picked = [n for n, time in enumerate(times) if picker.accept(time) and not picker.done]
-        targets = {order[picked[i]] for i in linspace_indices(len(picked), max_frames)}  # decode indices
+        pts = [p.pts for p in packets]
+        order = sorted(range(len(packets)), key=pts.__getitem__)  # decode index by presentation order
+        picked = [i for i in order if picker.accept(pts[i]) and not picker.done]
+        targets = {picked[n] for n in linspace_indices(len(picked), max_frames)}  # decode indices
         # each target needs decoding from the last keyframe before it (in decode order) that precedes it in time
         needed = [False] * len(packets)
         keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
         for target in targets:
-            first = max(k for k in keyframes if k <= target and packets[k].pts <= packets[target].pts)
-            for i in range(first, target + 1):
-                needed[i] = True
-        wanted_pts = {packets[i].pts: i for i in targets}
+            first = max(k for k in keyframes if k <= target and pts[k] <= pts[target])
+            needed[first : target + 1] = [True] * (target + 1 - first)
+        wanted_pts = {pts[i] for i in targets}
         context = stream.codec_context
         got: dict[int, av.VideoFrame] = {}
+        last_out = -math.inf
 
         def collect(frames: list[av.VideoFrame]) -> None:
+            nonlocal last_out
             for frame in frames:
+                if frame.pts is None or frame.pts <= last_out:  # not in presentation order: pts can't be trusted
+                    raise _UntrustedPlan
+                last_out = frame.pts
                 if frame.pts in wanted_pts:
                     got[frame.pts] = frame
 
@@ -226,17 +256,19 @@ def _planned(
                 if i > 0 and needed[i - 1]:  # end of a segment: drain the decoder, then reset it
                     collect(context.decode(None))
                     context.flush_buffers()
+                    last_out = -math.inf
                 continue
-            context.skip_frame = "DEFAULT" if i in targets else "NONREF"
+            skip = "DEFAULT" if i in targets else "NONREF"
+            if context.skip_frame != skip:
+                context.skip_frame = skip
             collect(context.decode(packet))
         context.skip_frame = "DEFAULT"
         collect(context.decode(None))
         if len(got) != len(targets):
             return None
-        start = times[0]
-        return [(Fraction(pts * stream.time_base) - start, _to_tensor(got[pts])) for pts in sorted(got)]
-    except av.error.FFmpegError:
-        return None  # a corrupt packet: the sequential path decodes around it and reports it
+        return [(picker.seconds(t), _to_tensor(got[t])) for t in sorted(got)]
+    except (av.error.FFmpegError, _UntrustedPlan):
+        return None  # a corrupt packet or unreliable pts: the sequential path decodes around it and reports it
     finally:
         container.close()
 

@@ -1,0 +1,110 @@
+"""Videos per second through ``VideoTextDataModule``: from the frame cache vs decoding on the fly, same workers.
+
+    python bench/loader.py                 # 24 generated 360p H.264 videos (10 and 30 s, GOP 12 and 250), 224 px
+    python bench/loader.py --workers 1
+
+Both rows iterate the same DataLoader (the evaluation video loader: each video once, 12 frames, resized and
+center-cropped to 224, padded, collated) with the same number of workers; the cache row reads the memory-mapped
+frames that ``prepare_data`` wrote, the other samples and resizes every video again. The one-off cost of building
+the cache is reported too. Prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from decode import RESOLUTIONS, generate  # noqa: E402
+
+from xclip_lightning.data.datamodule import VideoTextDataModule  # noqa: E402
+from xclip_lightning.model.tiny import build_tiny_clip  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / ".cache" / "bench" / "loader"
+
+
+def dataset(count: int) -> Path:
+    """A generic-format split of ``count`` 360p videos (4 kinds, cycled; each a distinct file)."""
+    videos = WORK / "videos"
+    kinds = [(10, 12), (10, 250), (30, 12), (30, 250)]
+    lines = []
+    for i in range(count):
+        seconds, gop = kinds[i % len(kinds)]
+        name = f"{i:03d}-{seconds}s-gop{gop}.mp4"
+        generate(videos / name, RESOLUTIONS["360p"], seconds, gop + i // len(kinds), Fraction(30))
+        lines.append(json.dumps({"video": f"videos/{name}", "caption": f"video number {i}", "split": "val"}))
+    annotations = WORK / "annotations.jsonl"
+    annotations.write_text("\n".join(lines) + "\n")
+    return annotations
+
+
+def epoch_seconds(dm: VideoTextDataModule) -> float:
+    start = time.perf_counter()
+    seen = sum(len(batch["video_index"]) for batch in dm.val_dataloader()[1])
+    assert seen == len(dm.datasets["val"][1])
+    return time.perf_counter() - start
+
+
+def main(argv: list[str]) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=24)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="timed passes per row (median)")
+    args = parser.parse_args(argv)
+    annotations = dataset(args.videos)
+    clip = build_tiny_clip(WORK / "clip", ["video number"] * 4, image_size=224, patch_size=32)
+    cache_dir = WORK / "cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+
+    def module(cache: Path | None) -> VideoTextDataModule:
+        dm = VideoTextDataModule(
+            benchmark="generic",
+            annotations=str(annotations),
+            videos=str(WORK),
+            clip_name_or_path=str(clip),
+            eval_batch_size=8,
+            num_workers=args.workers,
+            max_frames=12,
+            cache_dir=None if cache is None else str(cache),
+        )
+        return dm
+
+    cached = module(cache_dir)
+    start = time.perf_counter()
+    cached.prepare_data()
+    build_s = time.perf_counter() - start
+    cached.setup("validate")
+    live = module(None)
+    live.setup("validate")
+    t_cache = statistics.median(epoch_seconds(cached) for _ in range(args.epochs))
+    t_live = statistics.median(epoch_seconds(live) for _ in range(args.epochs))
+    n = args.videos
+    print(f"{n} videos (360p H.264, 10/30 s), 12 frames at 224 px, {args.workers} DataLoader workers, 2-core CPU")
+    print(f"{'source':28s} {'s/epoch':>8s} {'videos/s':>9s} {'/ on the fly':>13s}")
+    print(f"{'on the fly (decode+resize)':28s} {t_live:8.2f} {n / t_live:9.1f} {1:12.1f}x")
+    print(f"{'frame cache (memory-mapped)':28s} {t_cache:8.2f} {n / t_cache:9.1f} {t_live / t_cache:12.1f}x")
+    print(f"building the cache once: {build_s:.2f} s ({n / build_s:.1f} videos/s, {args.workers} processes)")
+    result = {
+        "bench": "loader",
+        "videos": n,
+        "workers": args.workers,
+        "on_the_fly_videos_per_s": round(n / t_live, 2),
+        "cache_videos_per_s": round(n / t_cache, 2),
+        "cache_speedup": round(t_live / t_cache, 2),
+        "cache_build_s": round(build_s, 2),
+        "targets_met": {"cache>=20x": t_live / t_cache >= 20},
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
