@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import RESOLUTIONS, generate  # noqa: E402
-
-from xclip_lightning.data.datamodule import VideoTextDataModule  # noqa: E402
-from xclip_lightning.model.tiny import build_tiny_clip  # noqa: E402
+from decode import RESOLUTIONS, generate
+from xclip_lightning.data.datamodule import VideoTextDataModule
+from xclip_lightning.model.tiny import build_tiny_clip
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".cache" / "bench" / "loader"

@@ -22,6 +22,7 @@ from xclip_lightning.data.benchmarks.common import SHOW_MISSING, VIDEO_EXTENSION
 from xclip_lightning.data.dataset import (
     BadVideoPolicy,
     CaptionDataset,
+    EpochShuffleSampler,
     FrameLoader,
     PairDataset,
     VideoDataset,
@@ -66,6 +67,7 @@ class VideoTextDataModule(L.LightningDataModule):
         msrvtt_train_set: MSR-VTT training list, ``9k`` (official) or ``7k``.
         predict_videos: a folder (searched recursively) whose videos ``predict`` encodes; None = the test split.
         prepare_workers: processes that build the frame cache; None = ``num_workers`` (at least 1).
+        shuffle_seed: the training order is a function of (shuffle_seed, epoch) only, so resuming is exact.
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class VideoTextDataModule(L.LightningDataModule):
         msrvtt_train_set: Literal["9k", "7k"] = "9k",
         predict_videos: str | None = None,
         prepare_workers: int | None = None,
+        shuffle_seed: int = 42,
     ) -> None:
         super().__init__()
         if benchmark not in READERS:
@@ -104,7 +107,7 @@ class VideoTextDataModule(L.LightningDataModule):
         self.bad_videos, self.missing_videos = bad_videos, missing_videos
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.msrvtt_train_set, self.predict_videos = msrvtt_train_set, predict_videos
-        self.prepare_workers = prepare_workers
+        self.prepare_workers, self.shuffle_seed = prepare_workers, shuffle_seed
         self.datasets: dict[str, list[Dataset]] = {}
 
     # ---- records and frames -------------------------------------------------------------------------------------
@@ -195,7 +198,7 @@ class VideoTextDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=EpochShuffleSampler(dataset, self.shuffle_seed) if train else None,
             drop_last=train,  # official: drop_last=True for training
             num_workers=self.num_workers,
             collate_fn=collate,

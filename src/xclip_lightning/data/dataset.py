@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, RandomSampler, default_collate
 
 from xclip_lightning.data.benchmarks.common import VideoRecord
 from xclip_lightning.data.frame_cache import FrameCache, SamplerSettings, VideoSource, decode_video
@@ -145,3 +145,17 @@ def collate(items: Sequence[Item | None]) -> dict[str, Any]:
 def worker_init(_: int) -> None:
     """One intra-op thread per DataLoader worker: the parallelism is across workers (decoding, resizing)."""
     torch.set_num_threads(1)
+
+
+class EpochShuffleSampler(RandomSampler):
+    """A RandomSampler whose order depends only on (seed, epoch): a resumed run sees the same batches as an
+    uninterrupted one. Lightning calls ``set_epoch`` every epoch; under DDP it swaps this (a RandomSampler) for a
+    shuffling DistributedSampler, which is seeded by epoch as well."""
+
+    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+        super().__init__(data_source, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
