@@ -166,7 +166,14 @@ class VideoTextDataModule(L.LightningDataModule):
         failed = cache.failures([video_source(r) for r in records])
         if failed and self.bad_videos == "error":
             raise BadVideosError(f"{len(failed)} video(s) gave no frame, e.g. {next(iter(failed.items()))}")
-        return [r for r in records if r.video_path not in failed]
+        records = [r for r in records if r.video_path not in failed]
+        absent = [r.video_path for r in records if video_source(r) not in cache]
+        if absent:
+            raise FileNotFoundError(
+                f"{len(absent)} video(s) are not in the frame cache {cache.folder}, e.g. {absent[0]}: run "
+                f"prepare_data() first (Trainer.fit/test do), or set cache_dir=None to decode on the fly"
+            )
+        return records
 
     # ---- datasets -----------------------------------------------------------------------------------------------
 

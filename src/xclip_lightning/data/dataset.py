@@ -45,15 +45,15 @@ class FrameLoader:
 
     def __call__(self, source: VideoSource) -> tuple[Tensor, Tensor]:
         """-> frames uint8 [T,3,S,S] zero-padded, frame_mask bool [T]."""
-        if self.cache is not None:
-            frames = self.cache.load(source).frames
-        else:
-            frames = decode_video(source, self.settings).frames
         t, size = self.settings.max_frames, self.settings.image_size
         padded = torch.zeros(t, 3, size, size, dtype=torch.uint8)
-        padded[: frames.shape[0]] = frames
-        mask = torch.arange(t) < frames.shape[0]
-        return padded, mask
+        if self.cache is not None:
+            frames = self.cache.frames_array(source)
+            padded.numpy()[: len(frames)] = frames  # one copy, straight from the mapped file
+        else:
+            frames = decode_video(source, self.settings).frames
+            padded[: len(frames)] = frames
+        return padded, torch.arange(t) < len(frames)
 
 
 class _VideoItems(Dataset):

@@ -15,6 +15,7 @@ An interrupted build resumes where it stopped; an entry whose source file change
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -70,6 +71,7 @@ def decode_video(source: VideoSource, settings: SamplerSettings) -> CachedFrames
     return CachedFrames(resize_crop(settings.image_size)(sampled.frames), sampled.timestamps)
 
 
+@functools.lru_cache(maxsize=1 << 20)
 def _entry_name(source: VideoSource) -> str:
     readable = re.sub(r"[^A-Za-z0-9_.-]", "_", source.path.stem)[:60]
     digest = hashlib.sha1(f"{source.path.resolve()}|{source.end_time}".encode()).hexdigest()[:16]
@@ -161,6 +163,13 @@ class FrameCache:
 
     def __contains__(self, source: VideoSource) -> bool:
         return (self.folder / f"{_entry_name(source)}.json").is_file()
+
+    def frames_array(self, source: VideoSource) -> np.ndarray:
+        """The cached uint8 [T,3,S,S] frames of one video, memory-mapped (read-only): the DataLoader's hot path."""
+        try:
+            return np.load(self.folder / f"{_entry_name(source)}.npy", mmap_mode="r")
+        except FileNotFoundError:
+            raise KeyError(f"{source.path} is not in the frame cache {self.folder}: run prepare_data()") from None
 
     def load(self, source: VideoSource) -> CachedFrames:
         """The cached frames of one video (memory-mapped, then copied into a tensor)."""
