@@ -29,8 +29,9 @@ def resize_crop(size: int = DEFAULT_IMAGE_SIZE) -> v2.Compose:
     )
 
 
-def normalize(frames: Tensor) -> Tensor:
-    """uint8 [...,3,H,W] -> float32 CLIP-normalised pixels."""
-    mean = torch.tensor(CLIP_MEAN, device=frames.device).view(3, 1, 1)
-    std = torch.tensor(CLIP_STD, device=frames.device).view(3, 1, 1)
-    return (frames.float() / 255.0 - mean) / std
+def normalize(frames: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """uint8 [...,3,H,W] -> CLIP-normalised pixels of ``dtype`` (computed in at least float32)."""
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    mean = torch.tensor(CLIP_MEAN, device=frames.device, dtype=work).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=frames.device, dtype=work).view(3, 1, 1)
+    return ((frames.to(work) / 255.0 - mean) / std).to(dtype)

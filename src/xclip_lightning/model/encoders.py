@@ -50,9 +50,9 @@ class CLIPEncoders(nn.Module):
         return sentence, words
 
     def normalize_pixels(self, frames: Tensor, frame_mask: Tensor) -> Tensor:
-        """uint8 frames [B,T,3,S,S] -> CLIP-normalised float pixels; padded frames become all-zero tensors (the
-        official padding: the image at the dataset mean)."""
-        pixels = normalize(frames)
+        """uint8 frames [B,T,3,S,S] -> CLIP-normalised pixels in the vision tower's dtype; padded frames become
+        all-zero tensors (the official padding: the image at the dataset mean)."""
+        pixels = normalize(frames, self.clip.vision_model.embeddings.patch_embedding.weight.dtype)
         return pixels * frame_mask[:, :, None, None, None].to(pixels.dtype)
 
     def encode_frames(self, pixels: Tensor, frame_mask: Tensor) -> Tensor:

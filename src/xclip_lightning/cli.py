@@ -1,0 +1,68 @@
+"""The ``xclip-lightning`` command: LightningCLI ``fit`` / ``validate`` / ``test`` / ``predict`` with YAML configs.
+
+    xclip-lightning fit --config configs/msrvtt/vitb32.yaml --data.annotations /data/msrvtt_data \\
+        --data.videos /data/MSRVTT/videos/all
+    xclip-lightning test --config configs/msrvtt/vitb32.yaml --ckpt_path runs/msrvtt-vitb32/version_0/\\
+        checkpoints/last.ckpt
+    xclip-lightning fit --config configs/synthetic.yaml --print_config
+
+The CLIP name, ``max_words`` and ``max_frames`` are given once, on the model, and linked to the data module (the
+tokenizer and the frame slots must agree with the head's AOSM matrices). Each run writes its logs (CSV), its
+checkpoints (best val text->video R@1 and last) and the resolved config under ``runs/<name>/version_<n>/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from xclip_lightning.data.datamodule import VideoTextDataModule
+from xclip_lightning.lightning_module import XCLIPRetrieval
+
+MONITOR = "val/t2v_R1"  # official model selection: the best text->video R@1 on the val split
+
+
+class XCLIPCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for name in ("clip_name_or_path", "max_words", "max_frames"):
+            parser.link_arguments(f"model.{name}", f"data.{name}")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": MONITOR,
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch}-t2v_R1_{val/t2v_R1:.2f}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+
+
+def trainer_defaults() -> dict:
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": "runs", "name": "xclip"},
+        },
+        "callbacks": [LearningRateMonitor(logging_interval="step")],
+        "log_every_n_steps": 10,
+    }
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``xclip-lightning``; ``main([...])`` runs it from Python (as the tests do)."""
+    XCLIPCLI(
+        XCLIPRetrieval,
+        VideoTextDataModule,
+        seed_everything_default=42,  # official seed
+        trainer_defaults=trainer_defaults(),
+        save_config_kwargs={"overwrite": True},
+        args=list(args) if args is not None else None,
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,284 @@
+"""``XCLIPRetrieval``: X-CLIP training and evaluation in Lightning (xclip-spec.md §7-§10).
+
+Training: encode the local batch, gather the normalised sentence, word, frame and video features of every rank
+with their gradients, score the global batch, symmetric InfoNCE. Lightning's ``all_gather(sync_grads=True)`` sums
+the gradients flowing back into each rank's slice and DDP averages over ranks, so every gradient equals
+single-process training on the global batch (the official code scales the backbone's by 1/world_size; we do not).
+
+Evaluation: each caption and each unique video is encoded once (two loaders), video features are gathered across
+ranks, each rank scores its own captions against every video block-wise, and ``RetrievalMetrics`` gathers the
+rows, drops the duplicates of distributed padding and computes R@K / MdR / MnR (the multi-caption protocol when a
+video has several captions).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from xclip_lightning.loss import symmetric_infonce
+from xclip_lightning.metrics import RetrievalMetrics
+from xclip_lightning.model.head import DEFAULT_BLOCK_ELEMENTS, TextFeatures, VideoFeatures
+from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggregation, Contrast
+from xclip_lightning.model.xclip import XCLIP
+
+# Official optimisation (xclip-spec.md §9): lr 1e-4, CLIP at lr x 1e-3, AdamW-style decoupled decay 0.2,
+# betas (0.9, 0.98), eps 1e-6, 10% linear warmup then 0.5 (1 + cos(pi p)) of the *total* progress p.
+LR = 1e-4
+CLIP_LR_SCALE = 1e-3
+WEIGHT_DECAY = 0.2
+BETAS = (0.9, 0.98)
+EPS = 1e-6
+WARMUP_FRACTION = 0.1
+MAX_GRAD_NORM = 1.0
+MAX_LOGIT_SCALE = math.log(100.0)  # clamped after every step
+# CLIP parameters the official run freezes (--freeze_layer_num 0): embeddings, patch conv, ln_pre
+FROZEN_CLIP_PARAMETERS = (
+    "text_model.embeddings.token_embedding.",
+    "text_model.embeddings.position_embedding.",
+    "vision_model.embeddings.",  # class_embedding, patch_embedding (conv1), position_embedding
+    "vision_model.pre_layrnorm.",  # transformers' spelling of ln_pre
+)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = WARMUP_FRACTION) -> float:
+    """Official ``warmup_cosine``: p / warmup while p < warmup, then 0.5 (1 + cos(pi p)), p = step / total.
+
+    Example:
+        >>> [round(warmup_cosine(s, 100), 3) for s in (0, 5, 10, 50, 100)]
+        [0.0, 0.5, 0.976, 0.5, 0.0]
+    """
+    p = step / max(1, total_steps)
+    if p < warmup_fraction:
+        return p / warmup_fraction
+    return 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+class XCLIPRetrieval(L.LightningModule):
+    """X-CLIP text-video retrieval (Ma et al., ACM MM 2022) as a LightningModule.
+
+    Args:
+        clip_name_or_path: CLIP weights (a local folder or a hub name) to start from; its tokenizer too.
+        max_words, max_frames: word and frame slots; the AOSM matrices are sized to them.
+        temporal_layers, contrasts, aggregation, temperature, mask_padding: the head options (``XCLIPHead``).
+        lr: learning rate of the head (temporal encoder, position embeddings, AOSM matrices).
+        clip_lr_scale: CLIP's learning rate is ``lr * clip_lr_scale`` (official 1e-3).
+        weight_decay: decoupled weight decay on every parameter except biases (the official set).
+        betas, eps: AdamW moments (official BertAdam values).
+        warmup_fraction: linear warmup over this fraction of all steps, then the official cosine.
+        freeze_clip_embeddings: freeze CLIP's token / position / patch embeddings and ln_pre (official).
+        max_grad_norm: global gradient-norm clipping (official 1.0); None turns it off.
+        eval_block_elements: memory bound of one block of the full evaluation matrix.
+    """
+
+    def __init__(
+        self,
+        clip_name_or_path: str = "openai/clip-vit-base-patch32",
+        max_words: int = 32,
+        max_frames: int = 12,
+        temporal_layers: int = 4,
+        contrasts: Sequence[Contrast] = CONTRASTS,
+        aggregation: Aggregation = "aosm",
+        temperature: float = AOSM_TEMPERATURE,
+        mask_padding: bool = False,
+        lr: float = LR,
+        clip_lr_scale: float = CLIP_LR_SCALE,
+        weight_decay: float = WEIGHT_DECAY,
+        betas: tuple[float, float] = BETAS,
+        eps: float = EPS,
+        warmup_fraction: float = WARMUP_FRACTION,
+        freeze_clip_embeddings: bool = True,
+        max_grad_norm: float | None = MAX_GRAD_NORM,
+        eval_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = XCLIP.from_clip(
+            clip_name_or_path,
+            max_words=max_words,
+            max_frames=max_frames,
+            temporal_layers=temporal_layers,
+            contrasts=list(contrasts),
+            aggregation=aggregation,
+            temperature=temperature,
+            mask_padding=mask_padding,
+        )
+        if freeze_clip_embeddings:
+            for name, parameter in self.model.encoders.clip.named_parameters():
+                if name.startswith(FROZEN_CLIP_PARAMETERS):
+                    parameter.requires_grad_(False)
+        self.model.train()  # from_pretrained leaves CLIP in eval mode
+        self._texts: list[dict[str, Tensor]] = []
+        self._videos: list[dict[str, Tensor]] = []
+
+    # ---- training -----------------------------------------------------------------------------------------------
+
+    def _gather_features(self, text: TextFeatures, video: VideoFeatures) -> tuple[TextFeatures, VideoFeatures]:
+        """Local [B,...] features -> global [W*B,...], in rank order, gradients kept.
+
+        The float features travel packed in one [B,K] tensor, so each step makes one collective forward and one
+        backward: several gathers with gradients would each need a collective in the backward pass, in an order
+        that autograd does not promise to keep the same on every rank.
+        """
+        if self._trainer is None or self.trainer.world_size == 1:
+            return text, video
+        floats = [text.sentence, text.words, video.video, video.frames]
+        packed = torch.cat([x.reshape(x.shape[0], -1) for x in floats], dim=1)  # [B,K]
+        masks = [m for m in (text.word_mask, video.frame_mask) if m is not None]
+        gathered = self.all_gather(packed, sync_grads=True).flatten(0, 1)  # [W*B,K]
+        with torch.no_grad():
+            gathered_masks = [self.all_gather(m.to(torch.uint8)).flatten(0, 1).bool() for m in masks]
+        parts = gathered.split([x[0].numel() for x in floats], dim=1)
+        sentence, words, video_emb, frames = (p.reshape(-1, *x.shape[1:]) for p, x in zip(parts, floats, strict=True))
+        word_mask = gathered_masks.pop(0) if text.word_mask is not None else None
+        return TextFeatures(sentence, words, word_mask), VideoFeatures(video_emb, frames, gathered_masks.pop(0))
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """Logits [B,B] of a batch of (caption, video) pairs, texts as rows (local batch, no process group)."""
+        return self.model(batch["input_ids"], batch["word_mask"], batch["frames"], batch["frame_mask"])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if not batch:  # every item of the batch was a skipped bad video (on-the-fly decoding, bad_videos='skip')
+            return None
+        text = self.model.encode_text(batch["input_ids"], batch["word_mask"])
+        video = self.model.encode_video(batch["frames"], batch["frame_mask"])
+        text, video = self._gather_features(text, video)
+        logits = self.model.head.score(text, video, self.model.logit_scale())["logits"]
+        loss = symmetric_infonce(logits)
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        self.log("train/logit_scale", self.model.logit_scale().detach(), batch_size=logits.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for name, parameter in self.model.named_parameters():
+            if parameter.requires_grad:
+                is_clip = name.startswith("encoders.clip.")
+                decay = "bias" not in name  # official: no module is called LayerNorm, so only biases are exempt
+                groups.setdefault((is_clip, decay), []).append(parameter)
+        param_groups = [
+            {
+                "params": params,
+                "lr": hp.lr * (hp.clip_lr_scale if is_clip else 1.0),
+                "weight_decay": hp.weight_decay if decay else 0.0,
+            }
+            for (is_clip, decay), params in sorted(groups.items())
+        ]
+        optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, hp.warmup_fraction)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm=None
+    ) -> None:
+        """Global norm clipping at ``max_grad_norm`` (official 1.0) unless the Trainer sets its own."""
+        value = gradient_clip_val if gradient_clip_val is not None else self.hparams.max_grad_norm
+        if value is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=value, gradient_clip_algorithm=gradient_clip_algorithm)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():  # official: logit_scale clamped to at most ln(100) after every step
+            self.model.encoders.clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
+
+    # ---- evaluation -----------------------------------------------------------------------------------------------
+
+    def _eval_step(self, batch: dict[str, Tensor]) -> None:
+        if not batch:
+            return
+        if "input_ids" in batch:
+            text = self.model.encode_text(batch["input_ids"], batch["word_mask"])
+            self._texts.append(
+                {
+                    "sentence": text.sentence.float(),
+                    "words": text.words.float(),
+                    "word_mask": batch["word_mask"],
+                    "text_index": batch["text_index"],
+                    "video_index": batch["video_index"],
+                }
+            )
+        else:
+            video = self.model.encode_video(batch["frames"], batch["frame_mask"])
+            self._videos.append(
+                {
+                    "video": video.video.float(),
+                    "frames": video.frames.float(),
+                    "frame_mask": video.frame_mask,
+                    "video_index": batch["video_index"],
+                }
+            )
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch)
+
+    def _all_unique(self, parts: list[dict[str, Tensor]], key: str) -> dict[str, Tensor]:
+        """Concatenate the local parts, gather every rank's, keep one row per ``key`` index, sorted by it."""
+        local = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+        if self.trainer.world_size > 1:
+            local = {name: self.all_gather(x).flatten(0, 1) for name, x in local.items()}
+        order = local[key].argsort(stable=True)
+        index = local[key][order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        kept = order[first]
+        if not torch.equal(local[key][kept], torch.arange(len(kept), device=index.device)):
+            raise RuntimeError(f"evaluation is missing some {key} values: got {len(kept)} unique, not 0..N-1")
+        return {name: x[kept] for name, x in local.items()}
+
+    def _evaluate(self, stage: str) -> dict[str, float]:
+        texts, videos = self._texts, self._videos
+        self._texts, self._videos = [], []
+        if not texts or not videos:
+            return {}
+        video = self._all_unique(videos, "video_index")
+        video_features = VideoFeatures(video["video"], video["frames"], video["frame_mask"])
+        pairs = self._all_unique([{k: t[k] for k in ("text_index", "video_index")} for t in texts], "text_index")
+        captions_per_video = torch.bincount(pairs["video_index"], minlength=len(video["video_index"]))
+        if not bool((pairs["video_index"].diff() >= 0).all()):
+            raise RuntimeError("evaluation captions must be grouped by video (CaptionDataset keeps them so)")
+        single = bool((captions_per_video == 1).all())
+        metric = RetrievalMetrics(None if single else captions_per_video.tolist()).to(self.device)
+        for part in texts:  # each rank scores its own captions against every video
+            text = TextFeatures(part["sentence"], part["words"], part["word_mask"])
+            rows = self.model.score_matrix(text, video_features, self.hparams.eval_block_elements)
+            metric.update(rows, part["text_index"])
+        result = {f"{stage}/{k.replace('/', '_')}": v.item() for k, v in metric.compute().items()}
+        self.log_dict(result, sync_dist=False)
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluate("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluate("test")
+
+    # ---- prediction -------------------------------------------------------------------------------------------
+
+    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Features of a batch of captions (sentence, words) or videos (video, frames), with their indices."""
+        if "input_ids" in batch:
+            text = self.model.encode_text(batch["input_ids"], batch["word_mask"])
+            return {
+                "sentence": text.sentence,
+                "words": text.words,
+                "word_mask": batch["word_mask"],
+                "text_index": batch["text_index"],
+            }
+        video = self.model.encode_video(batch["frames"], batch["frame_mask"])
+        return {
+            "video": video.video,
+            "frames": video.frames,
+            "frame_mask": video.frame_mask,
+            "video_index": batch["video_index"],
+        }
