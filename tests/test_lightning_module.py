@@ -7,7 +7,7 @@ import math
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader
 
 from xclip_lightning.data.dataset import collate

@@ -3,7 +3,9 @@
 Not Microsoft's X-CLIP for video recognition (transformers' ``XCLIPModel``).
 """
 
+from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.tokenize import TokenizedText, tokenize
+from xclip_lightning.lightning_module import XCLIPRetrieval
 from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, retrieval_metrics
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
@@ -16,7 +18,9 @@ __all__ = [
     "TextFeatures",
     "TokenizedText",
     "VideoFeatures",
+    "VideoTextDataModule",
     "XCLIPHead",
+    "XCLIPRetrieval",
     "retrieval_metrics",
     "symmetric_infonce",
     "tokenize",

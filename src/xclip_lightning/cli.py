@@ -8,7 +8,8 @@
 
 The CLIP name, ``max_words`` and ``max_frames`` are given once, on the model, and linked to the data module (the
 tokenizer and the frame slots must agree with the head's AOSM matrices). Each run writes its logs (CSV), its
-checkpoints (best val text->video R@1 and last) and the resolved config under ``runs/<name>/version_<n>/``.
+checkpoints (best val text->video R@1 and last) and the resolved config under ``runs/<name>/version_<n>/``;
+``predict`` writes the text and video features there too (``predictions/``, see ``callbacks.FeatureWriter``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from xclip_lightning.callbacks import FeatureWriter
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.lightning_module import XCLIPRetrieval
 
@@ -47,7 +49,7 @@ def trainer_defaults() -> dict:
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": "runs", "name": "xclip"},
         },
-        "callbacks": [LearningRateMonitor(logging_interval="step")],
+        "callbacks": [LearningRateMonitor(logging_interval="step"), FeatureWriter()],
         "log_every_n_steps": 10,
     }
 

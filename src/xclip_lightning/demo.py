@@ -38,8 +38,8 @@ def retrieval_table(metrics: dict[str, float], stage: str, num_videos: int) -> s
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, float]:
-    start = time.perf_counter()
+def train_and_test(overrides: Sequence[str] = ()) -> tuple[dict[str, float], XCLIPCLI]:
+    """Fit with ``configs/synthetic.yaml`` (plus LightningCLI ``overrides``), then test the best val checkpoint."""
     annotations = make_synthetic_dataset(ROOT / "data")
     make_synthetic_clip(ROOT / "clip", annotations)
     cli = XCLIPCLI(
@@ -48,20 +48,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         seed_everything_default=42,
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
-        args=["--config", str(CONFIG), *(sys.argv[1:] if argv is None else argv)],
+        args=["--config", str(CONFIG), *overrides],
         run=False,
     )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     best = cli.trainer.checkpoint_callback.best_model_path
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None)
-    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
+    return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}, cli
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    start = time.perf_counter()
+    metrics, cli = train_and_test(sys.argv[1:] if argv is None else argv)
     num_videos = len(cli.datamodule.dataset_records("test"))
     t2v_r1 = metrics["test/t2v_R1"]
     print(f"\nX-CLIP on the synthetic test split ({num_videos} videos, 2 captions each), best val checkpoint:\n")
     print(retrieval_table(metrics, "test", num_videos))
     print(f"\ntext->video R@1 {t2v_r1:.1f}% = {t2v_r1 / (100 / num_videos):.1f}x chance ({100 / num_videos:.1f}%)")
     print(f"logs and resolved config: {cli.trainer.log_dir}")
-    print(f"best checkpoint: {best}")
+    print(f"best checkpoint: {cli.trainer.checkpoint_callback.best_model_path}")
     print(f"total time: {time.perf_counter() - start:.0f} s")
     return metrics
 

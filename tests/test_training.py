@@ -1,0 +1,214 @@
+"""Training and evaluation end to end on the synthetic data: resume, DDP evaluation, the CLI, every config."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from safetensors.torch import load_file
+
+from conftest import REPO
+from xclip_lightning.cli import main
+from xclip_lightning.data.datamodule import VideoTextDataModule
+from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
+from xclip_lightning.lightning_module import XCLIPRetrieval
+from xclip_lightning.metrics import retrieval_metrics
+
+WORDS, FRAMES = 32, 6
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> tuple[Path, Path, Path]:
+    root = tmp_path_factory.mktemp("synthetic")
+    annotations = make_synthetic_dataset(root / "data", train=16, val=5, test=5, seed=7)
+    clip = make_synthetic_clip(root / "clip", annotations)
+    return annotations, clip, root / "cache"
+
+
+def datamodule(synthetic, **kwargs) -> VideoTextDataModule:
+    annotations, clip, cache = synthetic
+    args = dict(
+        annotations=str(annotations),
+        videos=str(annotations.parent),
+        clip_name_or_path=str(clip),
+        batch_size=4,
+        eval_batch_size=2,
+        num_workers=0,
+        max_words=WORDS,
+        max_frames=FRAMES,
+        cache_dir=str(cache),
+    )
+    return VideoTextDataModule(**{**args, **kwargs})
+
+
+def model(synthetic) -> XCLIPRetrieval:
+    return XCLIPRetrieval(str(synthetic[1]), max_words=WORDS, max_frames=FRAMES, lr=1e-3, clip_lr_scale=1.0)
+
+
+def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+class Interrupt(Callback):
+    """Stops the run at the end of its first epoch, as a crash after the epoch's checkpoint would."""
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        trainer.should_stop = True
+
+
+def test_resuming_an_interrupted_fit_gives_the_same_weights(synthetic, tmp_path):
+    def fit(folder: Path, ckpt_path: str | None = None, interrupt: bool = False) -> dict[str, torch.Tensor]:
+        L.seed_everything(0)
+        module = model(synthetic)
+        callbacks = [ModelCheckpoint(dirpath=folder, save_last=True), *([Interrupt()] if interrupt else [])]
+        run = trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=callbacks)
+        run.fit(module, datamodule(synthetic), ckpt_path=ckpt_path)
+        return {k: v.clone() for k, v in module.state_dict().items()}
+
+    uninterrupted = fit(tmp_path / "a")
+    fit(tmp_path / "b", interrupt=True)  # the same run, stopped after its first epoch
+    resumed = fit(tmp_path / "c", ckpt_path=str(tmp_path / "b" / "last.ckpt"))
+    first_epoch = torch.load(tmp_path / "b" / "last.ckpt", weights_only=False)["state_dict"]
+    changed = [k for k in uninterrupted if not torch.equal(first_epoch[k], uninterrupted[k])]
+    assert len(changed) > 50  # training moved the weights after the interruption point
+    worst = max((uninterrupted[k] - resumed[k]).abs().max().item() for k in uninterrupted)
+    assert worst == 0.0
+
+
+def test_load_from_checkpoint_restores_everything(synthetic, tmp_path):
+    module = model(synthetic)
+    run = trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=tmp_path)])
+    run.fit(module, datamodule(synthetic))
+    path = next(tmp_path.glob("*.ckpt"))
+    restored = XCLIPRetrieval.load_from_checkpoint(path)
+    assert restored.hparams.lr == 1e-3 and restored.hparams.max_frames == FRAMES
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
+
+
+@pytest.mark.slow
+def test_distributed_evaluation_equals_single_process_and_the_full_matrix(synthetic, tmp_path):
+    """5 videos x 2 captions over 2 ranks: DistributedSampler pads with duplicates, which must not count."""
+    module = model(synthetic)
+    single = trainer(tmp_path).validate(module, datamodule(synthetic), verbose=False)[0]
+    ddp = trainer(tmp_path, devices=2, strategy="ddp_spawn").validate(module, datamodule(synthetic), verbose=False)[0]
+    assert single.keys() == ddp.keys() and "val/t2v_R1" in single
+    for key in single:
+        assert ddp[key] == pytest.approx(single[key], abs=1e-6), key
+    # the same numbers from the full matrix, computed directly
+    dm = datamodule(synthetic)
+    dm.prepare_data()
+    dm.setup("validate")
+    captions, videos = dm.val_dataloader()
+    with torch.no_grad():
+        text = [module.model.encode_text(b["input_ids"], b["word_mask"]) for b in captions]
+        video = [module.model.encode_video(b["frames"], b["frame_mask"]) for b in videos]
+        cat = [torch.cat(parts) for parts in zip(*text, strict=True)], [torch.cat(p) for p in zip(*video, strict=True)]
+        sim = module.model.score_matrix(type(text[0])(*cat[0]), type(video[0])(*cat[1]))
+    expected = retrieval_metrics(sim, captions_per_video=[2] * 5)
+    assert single["val/t2v_R1"] == pytest.approx(expected["t2v"]["R1"])
+    assert single["val/v2t_MnR"] == pytest.approx(expected["v2t"]["MnR"])
+
+
+def test_bf16_mixed_training_keeps_the_head_in_fp32(synthetic, tmp_path):
+    module = model(synthetic)
+    before = module.model.head.global_mat_weight.detach().clone()
+    trainer(tmp_path, max_steps=2, limit_val_batches=0, precision="bf16-mixed", enable_checkpointing=False).fit(
+        module, datamodule(synthetic)
+    )
+    after = module.model.head.global_mat_weight
+    assert after.dtype == torch.float32 and torch.isfinite(after).all() and not torch.equal(before, after)
+    batch = next(iter(datamodule_with_setup(synthetic).train_dataloader()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert module(batch).dtype == torch.float32
+
+
+def datamodule_with_setup(synthetic) -> VideoTextDataModule:
+    dm = datamodule(synthetic)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def cli_args(synthetic, tmp_path) -> list[str]:
+    annotations, clip, cache = synthetic
+    return [
+        "--config",
+        str(REPO / "configs" / "synthetic.yaml"),
+        f"--model.clip_name_or_path={clip}",
+        f"--data.annotations={annotations}",
+        f"--data.videos={annotations.parent}",
+        f"--data.cache_dir={cache}",
+        "--data.batch_size=4",
+        "--data.num_workers=0",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        "--trainer.enable_progress_bar=false",
+    ]
+
+
+def test_cli_fit_then_test_writes_logs_checkpoints_and_config(synthetic, tmp_path):
+    main(["fit", *cli_args(synthetic, tmp_path), "--trainer.max_epochs=1", "--trainer.limit_train_batches=2"])
+    run = tmp_path / "runs" / "synthetic" / "version_0"
+    assert (run / "config.yaml").is_file() and (run / "metrics.csv").is_file()
+    model_part, data_part = (run / "config.yaml").read_text().split("\nmodel:\n")[1].split("\ndata:\n")
+    assert f"clip_name_or_path: {synthetic[1]}" in model_part and "clip_name_or_path" not in data_part  # linked
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["datamodule_hyper_parameters"]
+    assert (saved["clip_name_or_path"], saved["max_words"], saved["max_frames"]) == (str(synthetic[1]), 32, 6)
+    best = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("best-")]
+    assert len(best) == 1 and "t2v_R1" in best[0].name and (run / "checkpoints" / "last.ckpt").is_file()
+    assert "val/t2v_R1" in (run / "metrics.csv").read_text().splitlines()[0]
+    main(["test", *cli_args(synthetic, tmp_path), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    test_run = tmp_path / "runs" / "synthetic" / "version_1"
+    assert "test/t2v_R1" in (test_run / "metrics.csv").read_text()
+    main(["predict", *cli_args(synthetic, tmp_path), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    predictions = tmp_path / "runs" / "synthetic" / "version_2" / "predictions"
+    texts, videos = (load_file(predictions / f"{k}.rank0.safetensors") for k in ("texts", "videos"))
+    assert texts["words"].shape == (10, 32, 64) and texts["text_index"].tolist() == list(range(10))
+    assert videos["frames"].shape == (5, 6, 64) and torch.allclose(videos["video"].norm(dim=-1), torch.ones(5))
+
+
+CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "ablations")
+ABLATIONS = sorted((REPO / "configs" / "ablations").glob("*.yaml"))
+
+
+def print_config(*configs: Path) -> str:
+    out = io.StringIO()
+    args = ["fit", *(a for c in configs for a in ("--config", str(c))), "--print_config"]
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_every_config_parses_with_linked_arguments(config):
+    parsed = yaml.safe_load(print_config(config))
+    linked = {"clip_name_or_path", "max_words", "max_frames"}
+    assert linked <= set(parsed["model"]) and not linked & set(parsed["data"])  # given once, on the model
+    header = re.search(r"= global batch (\d+)", config.read_text())
+    if header:  # the per-device batch x devices x nodes arithmetic of the header holds
+        trainer_args = parsed["trainer"]
+        assert parsed["data"]["batch_size"] * trainer_args["devices"] * trainer_args["num_nodes"] == int(header[1])
+
+
+@pytest.mark.parametrize("ablation", ABLATIONS, ids=lambda p: p.stem)
+def test_every_ablation_composes_with_the_msrvtt_config(ablation):
+    parsed = yaml.safe_load(print_config(REPO / "configs" / "msrvtt" / "vitb32.yaml", ablation))
+    for key, value in yaml.safe_load(ablation.read_text())["model"].items():
+        assert parsed["model"][key] == value
+    assert parsed["model"]["max_words"] == 32 and parsed["data"]["benchmark"] == "msrvtt"
