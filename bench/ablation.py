@@ -31,9 +31,8 @@ def main(argv: list[str]) -> dict:
         rows[name] = {k.removeprefix("test/"): round(v, 2) for k, v in metrics.items() if k.startswith("test/")}
     print(f"\n{'variant':28s} {'t2v R@1':>8s} {'t2v R@5':>8s} {'t2v MnR':>8s} {'v2t R@1':>8s} {'v2t R@5':>8s}")
     for name, m in rows.items():
-        print(
-            f"{name:28s} {m['t2v_R1']:8.1f} {m['t2v_R5']:8.1f} {m['t2v_MnR']:8.2f} {m['v2t_R1']:8.1f} {m['v2t_R5']:8.1f}"
-        )
+        t2v = f"{m['t2v_R1']:8.1f} {m['t2v_R5']:8.1f} {m['t2v_MnR']:8.2f}"
+        print(f"{name:28s} {t2v} {m['v2t_R1']:8.1f} {m['v2t_R5']:8.1f}")
     print(json.dumps({"bench": "ablation", "rows": rows}))
     return rows
 

@@ -5,6 +5,7 @@
     xclip-lightning test --config configs/msrvtt/vitb32.yaml --ckpt_path runs/msrvtt-vitb32/version_0/\\
         checkpoints/last.ckpt
     xclip-lightning fit --config configs/synthetic.yaml --print_config
+    xclip-lightning export --ckpt_path CKPT --out DIR        # and index / search: see tools.py
 
 The CLIP name, ``max_words`` and ``max_frames`` are given once, on the model, and linked to the data module (the
 tokenizer and the frame slots must agree with the head's AOSM matrices). Each run writes its logs (CSV), its
@@ -24,6 +25,7 @@ from xclip_lightning.callbacks import FeatureWriter
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.lightning_module import XCLIPRetrieval
 
+TOOLS = ("export", "index", "search")  # subcommands beside LightningCLI's fit / validate / test / predict
 MONITOR = "val/t2v_R1"  # official model selection: the best text->video R@1 on the val split
 
 
@@ -56,13 +58,18 @@ def trainer_defaults() -> dict:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``xclip-lightning``; ``main([...])`` runs it from Python (as the tests do)."""
+    args = list(sys.argv[1:] if args is None else args)
+    if args and args[0] in TOOLS:
+        from xclip_lightning import tools  # the search tools do not need LightningCLI
+
+        return getattr(tools, args[0])(args[1:])
     XCLIPCLI(
         XCLIPRetrieval,
         VideoTextDataModule,
         seed_everything_default=42,  # official seed
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None,
+        args=args,
     )
 
 

@@ -1,0 +1,57 @@
+"""The HTML page of ``xclip-lightning search --html``: per query, the ranked videos with a strip of their sampled
+frames, the frame that matched the query best outlined, and its timestamp. Self-contained (thumbnails inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+from xclip_lightning.search import THUMB_HEIGHT, THUMBS, SearchHit
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+h2 { margin-top: 1.5em; }
+ol { padding-left: 1.5em; }
+li.hit { margin: 0 0 1.2em 0; }
+.meta { font-size: 0.9em; color: #555; }
+.strip { position: relative; display: inline-block; margin-top: 0.3em; line-height: 0; }
+.best { position: absolute; top: 0; box-sizing: border-box; border: 3px solid #e4572e; }
+"""
+
+
+def _strip(index_folder: Path, hit: SearchHit) -> str:
+    data = base64.b64encode((index_folder / THUMBS / hit.thumbnail).read_bytes()).decode()
+    h = THUMB_HEIGHT
+    return (
+        f'<div class="strip"><img alt="sampled frames" src="data:image/jpeg;base64,{data}" '
+        f'width="{h * len(hit.timestamps)}" height="{h}">'
+        f'<div class="best" style="left:{hit.best_frame * h}px;width:{h}px;height:{h}px" '
+        f'title="best match at {hit.best_time:.1f} s"></div></div>'
+    )
+
+
+def write_html(
+    path: str | Path, index_folder: str | Path, queries: Sequence[str], hits: Sequence[Sequence[SearchHit]]
+) -> Path:
+    """Write the results page to ``path``; returns it."""
+    index_folder, path = Path(index_folder), Path(path)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>xclip-lightning search</title>',
+        f"<style>{STYLE}</style></head><body>",
+        f'<h1>Video search</h1><p class="meta">index: {html.escape(str(index_folder))}</p>',
+    ]
+    for query, results in zip(queries, hits, strict=True):
+        parts.append(f'<section class="query"><h2>{html.escape(query)}</h2><ol>')
+        for hit in results:
+            parts.append(
+                f'<li class="hit"><div><strong>{html.escape(hit.path)}</strong></div>'
+                f'<div class="meta">score {hit.score:.2f} &middot; best frame {hit.best_frame + 1} of '
+                f"{len(hit.timestamps)} at {hit.best_time:.1f} s</div>{_strip(index_folder, hit)}</li>"
+            )
+        parts.append("</ol></section>")
+    parts.append("</body></html>")
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path

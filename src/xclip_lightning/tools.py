@@ -1,0 +1,78 @@
+"""``xclip-lightning export | index | search``: a trained model on your own videos.
+
+xclip-lightning export --ckpt_path runs/x/version_0/checkpoints/last.ckpt --out models/my-xclip
+xclip-lightning index --model models/my-xclip --videos ~/videos --out ~/videos.xindex
+xclip-lightning search --index ~/videos.xindex "a dog catches a frisbee" --top-k 10 [--json] [--html results.html]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+
+
+def export(argv: Sequence[str]) -> None:
+    """A Lightning checkpoint -> a folder loadable by ``XCLIP.from_pretrained`` (safetensors, configs, tokenizer)."""
+    parser = argparse.ArgumentParser(prog="xclip-lightning export", description=export.__doc__)
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by xclip-lightning fit")
+    parser.add_argument("--out", required=True, help="folder to write")
+    args = parser.parse_args(argv)
+    from xclip_lightning.lightning_module import XCLIPRetrieval
+
+    module = XCLIPRetrieval.load_from_checkpoint(args.ckpt_path, map_location="cpu")
+    folder = module.model.save_pretrained(args.out)
+    print(f"exported {args.ckpt_path} to {folder} (load it with XCLIP.from_pretrained('{folder}'))")
+
+
+def index(argv: Sequence[str]) -> None:
+    """Sample and encode every video under a folder into an index; re-running encodes only new or changed files."""
+    parser = argparse.ArgumentParser(prog="xclip-lightning index", description=index.__doc__)
+    parser.add_argument("--model", required=True, help="a folder written by export (or XCLIP.save_pretrained)")
+    parser.add_argument("--videos", required=True, help="folder searched recursively for video files")
+    parser.add_argument("--out", required=True, help="index folder (created, or updated when it exists)")
+    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
+    parser.add_argument("--batch-size", type=int, default=8, help="videos encoded together")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    args = parser.parse_args(argv)
+    from xclip_lightning.search import VideoIndex
+
+    built = VideoIndex.build(args.model, args.videos, args.out, args.fps, args.batch_size, args.workers)
+    print(f"{args.out}: {len(built.entries)} videos indexed ({built.encoded} new or changed encoded now)")
+    if built.failures:
+        print(f"{len(built.failures)} file(s) could not be indexed:")
+        for path, reason in built.failures.items():
+            print(f"  {path}: {reason}")
+
+
+def search(argv: Sequence[str]) -> None:
+    """Rank the indexed videos for each text query by the full X-CLIP score."""
+    parser = argparse.ArgumentParser(prog="xclip-lightning search", description=search.__doc__)
+    parser.add_argument("queries", nargs="+", help="one or more text queries")
+    parser.add_argument("--index", required=True, help="folder written by xclip-lightning index")
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--candidates", type=int, default=200, help="re-scored per query; 0 = score every video")
+    parser.add_argument("--model", help="model folder (default: the one recorded in the index)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--html", help="also write an HTML page with the sampled frames of each result")
+    args = parser.parse_args(argv)
+    from xclip_lightning.search import VideoIndex
+
+    found = VideoIndex.load(args.index, model=args.model)
+    hits = found.search(args.queries, k=args.top_k, candidates=args.candidates or None)
+    if args.json:
+        print(
+            json.dumps(
+                [{"query": q, "results": [asdict(h) for h in r]} for q, r in zip(args.queries, hits, strict=True)]
+            )
+        )
+    else:
+        for query, results in zip(args.queries, hits, strict=True):
+            print(f"{query}")
+            for hit in results:
+                print(f"  {hit.rank:3d}. {hit.score:7.2f}  {hit.path}  (best frame at {hit.best_time:.1f} s)")
+    if args.html:
+        from xclip_lightning.report import write_html
+
+        print(f"wrote {write_html(args.html, args.index, args.queries, hits)}")
