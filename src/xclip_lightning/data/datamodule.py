@@ -186,6 +186,13 @@ class VideoTextDataModule(L.LightningDataModule):
             return tokenize(tokenizer, all_captions(records), self.max_words)
 
         if stage == "fit":
+            world = self.trainer.world_size if self.trainer is not None else 1
+            if cache is None and self.bad_videos == "skip" and world > 1:
+                raise ValueError(
+                    "bad_videos='skip' while decoding on the fly would give the ranks batches of different sizes, "
+                    "which the global contrastive batch cannot gather: set cache_dir (bad videos then leave the "
+                    "split before training) or bad_videos='error'"
+                )
             train = self._drop_bad(self.records("train"), cache)
             self.datasets["train"] = [PairDataset(train, text_of(train), frames, self.bad_videos)]
         if stage in ("fit", "validate"):
