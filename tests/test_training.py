@@ -125,16 +125,17 @@ def test_distributed_evaluation_equals_single_process_and_the_full_matrix(synthe
     assert single["val/v2t_MnR"] == pytest.approx(expected["v2t"]["MnR"])
 
 
-def test_bf16_mixed_training_keeps_the_head_in_fp32(synthetic, tmp_path):
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)])
+def test_mixed_precision_training_keeps_the_head_in_fp32(synthetic, tmp_path, precision, dtype):
     module = model(synthetic)
     before = module.model.head.global_mat_weight.detach().clone()
-    trainer(tmp_path, max_steps=2, limit_val_batches=0, precision="bf16-mixed", enable_checkpointing=False).fit(
+    trainer(tmp_path, max_steps=2, limit_val_batches=0, precision=precision, enable_checkpointing=False).fit(
         module, datamodule(synthetic)
     )
     after = module.model.head.global_mat_weight
     assert after.dtype == torch.float32 and torch.isfinite(after).all() and not torch.equal(before, after)
     batch = next(iter(datamodule_with_setup(synthetic).train_dataloader()))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         assert module(batch).dtype == torch.float32
 
 
