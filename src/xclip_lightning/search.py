@@ -34,7 +34,7 @@ from torchvision.transforms.v2.functional import resize
 from tqdm.auto import tqdm
 
 from xclip_lightning.data.benchmarks.common import VIDEO_EXTENSIONS
-from xclip_lightning.data.dataset import worker_init
+from xclip_lightning.data.dataset import pad_frames, worker_init
 from xclip_lightning.data.frame_cache import SamplerSettings, VideoSource, decode_video
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
 from xclip_lightning.model.xclip import XCLIP
@@ -157,7 +157,7 @@ class VideoIndex:
         model = XCLIP.from_pretrained(model) if model_dir is not None else model
         model.eval()
         settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
-        out, videos = Path(out), Path(videos)
+        out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
         fingerprint = model_fingerprint(model)
         old = cls.load(out, model=model, fingerprint=fingerprint) if (out / MANIFEST).is_file() else None
         if old is not None and old.settings != settings:
@@ -188,7 +188,7 @@ class VideoIndex:
             collate_fn=list,
             worker_init_fn=worker_init,
         )
-        t, size = settings.max_frames, settings.image_size
+        t = settings.max_frames
         with tqdm(total=len(todo), desc=f"indexing {videos}", unit="video", disable=not progress) as bar:
             for items in loader:
                 good = [item for item in items if "error" not in item]
@@ -198,11 +198,7 @@ class VideoIndex:
                 bar.update(len(items))
                 if not good:
                     continue
-                frames = torch.zeros(len(good), t, 3, size, size, dtype=torch.uint8)
-                mask = torch.zeros(len(good), t, dtype=torch.bool)
-                for row, item in enumerate(good):
-                    frames[row, : len(item["frames"])] = item["frames"]
-                    mask[row, : len(item["frames"])] = True
+                frames, mask = (torch.stack(x) for x in zip(*(pad_frames(i["frames"], t) for i in good), strict=True))
                 with torch.no_grad():
                     video = model.encode_video(frames, mask)
                     parts.append(VideoFeatures(video.video.float(), video.frames.float(), video.frame_mask))
@@ -250,6 +246,10 @@ class VideoIndex:
         tmp = out / f".{MANIFEST}.tmp"
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, out / MANIFEST)
+        used = {e.thumbnail for e in self.entries}
+        for thumb in (out / THUMBS).glob("*.jpg"):  # thumbnails of videos that left the index
+            if thumb.name not in used:
+                thumb.unlink()
 
     # ---- loading -----------------------------------------------------------------------------------------------
 

@@ -45,15 +45,20 @@ class FrameLoader:
 
     def __call__(self, source: VideoSource) -> tuple[Tensor, Tensor]:
         """-> frames uint8 [T,3,S,S] zero-padded, frame_mask bool [T]."""
+        if self.cache is None:
+            return pad_frames(decode_video(source, self.settings).frames, self.settings.max_frames)
         t, size = self.settings.max_frames, self.settings.image_size
         padded = torch.zeros(t, 3, size, size, dtype=torch.uint8)
-        if self.cache is not None:
-            frames = self.cache.frames_array(source)
-            padded.numpy()[: len(frames)] = frames  # one copy, straight from the mapped file
-        else:
-            frames = decode_video(source, self.settings).frames
-            padded[: len(frames)] = frames
+        frames = self.cache.frames_array(source)
+        padded.numpy()[: len(frames)] = frames  # one copy, straight from the mapped file
         return padded, torch.arange(t) < len(frames)
+
+
+def pad_frames(frames: Tensor, max_frames: int) -> tuple[Tensor, Tensor]:
+    """uint8 [n,3,S,S] -> zero-padded [max_frames,3,S,S] and the bool mask [max_frames] of the real ones."""
+    padded = frames.new_zeros(max_frames, *frames.shape[1:])
+    padded[: len(frames)] = frames
+    return padded, torch.arange(max_frames) < len(frames)
 
 
 class _VideoItems(Dataset):
