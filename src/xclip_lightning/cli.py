@@ -25,7 +25,11 @@ from xclip_lightning.callbacks import FeatureWriter
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.lightning_module import XCLIPRetrieval
 
-TOOLS = ("export", "index", "search")  # subcommands beside LightningCLI's fit / validate / test / predict
+TOOLS = ("export", "index", "search")
+DESCRIPTION = (
+    "X-CLIP text-video retrieval. Training: fit / validate / test / predict (LightningCLI, YAML configs in "
+    "configs/). Your own videos: export / index / search (e.g. `xclip-lightning search --help`)."
+)  # subcommands beside LightningCLI's fit / validate / test / predict
 MONITOR = "val/t2v_R1"  # official model selection: the best text->video R@1 on the val split
 
 
@@ -58,18 +62,19 @@ def trainer_defaults() -> dict:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``xclip-lightning``; ``main([...])`` runs it from Python (as the tests do)."""
-    args = list(sys.argv[1:] if args is None else args)
-    if args and args[0] in TOOLS:
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in TOOLS:
         from xclip_lightning import tools  # the search tools do not need LightningCLI
 
-        return getattr(tools, args[0])(args[1:])
+        return getattr(tools, argv[0])(argv[1:])
     XCLIPCLI(
         XCLIPRetrieval,
         VideoTextDataModule,
         seed_everything_default=42,  # official seed
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
-        args=args,
+        args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
+        parser_kwargs={"description": DESCRIPTION},
     )
 
 
