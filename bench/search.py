@@ -8,9 +8,10 @@ topic vector plus noise), frames vary around their video, and each query is writ
 features plus noise (the sentence from its video feature, the words from its frames), so many videos of the same
 topic compete and the coarse score is informative but not decisive. The head has the official shapes with
 identity-plus-noise AOSM matrices (like a trained head, not the identity). Per-query latency (median, one query
-at a time) of (a) exhaustive full scoring of every video and (b) two-stage: one matrix product for the coarse
-video-sentence score, top K, full score on those K; and how often (b)'s top 10 equals (a)'s (same videos in the
-same order), with their mean overlap.
+at a time) of (a) exhaustive full scoring of every video and (b) two-stage: the coarse video-sentence score (one
+matrix product, and an exact FAISS inner-product index when faiss is installed: both must give the same rows), top
+K, the full score on those K; and how often (b)'s top 10 equals (a)'s (same videos in the same order), with their
+mean overlap.
 Prints a table and one JSON line.
 """
 
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
-from xclip_lightning.search import rank_videos
+from xclip_lightning.search import CoarseSearch, rank_videos
 
 D, L, T = 512, 32, 12
 LOGIT_SCALE = 100.0
@@ -71,12 +72,24 @@ def run(n: int, queries: int, exhaustive_queries: int, candidates: int, level: f
     head = trained_like_head(generator)
     targets = torch.randint(0, n, (queries,), generator=generator).tolist()
     texts = [query_for(features, t, level, generator) for t in targets]
-    rank_videos(head, LOGIT_SCALE, texts[0], features, 10, candidates)  # warm-up
-    two_stage, two_ms = [], []
-    for text in texts:
-        start = time.perf_counter()
-        two_stage.append(rank_videos(head, LOGIT_SCALE, text, features, 10, candidates)[0])
-        two_ms.append(1e3 * (time.perf_counter() - start))
+    coarse = {"torch": CoarseSearch(features.video, "torch")}
+    try:
+        coarse["faiss"] = CoarseSearch(features.video, "faiss")
+    except ImportError:
+        print("faiss not installed: the FAISS column is skipped (pip install faiss-cpu)")
+    times: dict[str, list[float]] = {name: [] for name in coarse}
+    two_stage = []
+    for name, stage in coarse.items():
+        rank_videos(head, LOGIT_SCALE, texts[0], features, 10, candidates, stage)  # warm-up
+        for text in texts:
+            start = time.perf_counter()
+            rows = rank_videos(head, LOGIT_SCALE, text, features, 10, candidates, stage)[0]
+            times[name].append(1e3 * (time.perf_counter() - start))
+            if name == "torch":
+                two_stage.append(rows)
+            else:
+                assert torch.equal(rows, two_stage[len(times[name]) - 1]), "FAISS and torch disagree"
+    two_ms = times["torch"]
     exact_ms, same, overlap = [], 0, []
     for text, fast in zip(texts[:exhaustive_queries], two_stage, strict=False):
         start = time.perf_counter()
@@ -89,6 +102,7 @@ def run(n: int, queries: int, exhaustive_queries: int, candidates: int, level: f
         "candidates": candidates,
         "exhaustive_ms": round(statistics.median(exact_ms), 1),
         "two_stage_ms": round(statistics.median(two_ms), 2),
+        "two_stage_faiss_ms": round(statistics.median(times["faiss"]), 2) if "faiss" in times else None,
         "top10_identical": round(same / len(exact_ms), 4),
         "top10_overlap": round(statistics.mean(overlap), 4),
         "compared_queries": len(exact_ms),
@@ -111,11 +125,12 @@ def main(argv: list[str]) -> dict:
         f"D={D}, L={L}, T={T}, fp32, {torch.get_num_threads()} threads, K={args.candidates}, query noise "
         f"{args.query_noise}, one query at a time"
     )
-    header = f"{'videos':>8s} {'exhaustive ms':>14s} {'two-stage ms':>13s} {'speed-up':>9s}"
+    header = f"{'videos':>8s} {'exhaustive ms':>14s} {'two-stage ms':>13s} {'(FAISS) ms':>11s} {'speed-up':>9s}"
     print(f"{header} {'top-10 same':>12s} {'overlap':>8s}")
     for r in rows:
         print(
             f"{r['videos']:8d} {r['exhaustive_ms']:14.1f} {r['two_stage_ms']:13.2f} "
+            f"{r['two_stage_faiss_ms'] if r['two_stage_faiss_ms'] is not None else '-':>11} "
             f"{r['exhaustive_ms'] / r['two_stage_ms']:8.0f}x {100 * r['top10_identical']:11.1f}% "
             f"{100 * r['top10_overlap']:7.1f}%"
         )

@@ -173,3 +173,15 @@ def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
         timeout=120,
     )
     assert shot.returncode == 0 and (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def test_faiss_and_torch_coarse_stages_pick_the_same_videos():
+    pytest.importorskip("faiss", reason="faiss-cpu is not installed (it is a dev dependency; pip install faiss-cpu)")
+    from xclip_lightning.search import CoarseSearch
+
+    generator = torch.Generator().manual_seed(0)
+    video = torch.nn.functional.normalize(torch.randn(5000, 64, generator=generator), dim=-1)
+    query = torch.randn(7, 64, generator=generator)
+    with_faiss, with_torch = CoarseSearch(video, "faiss"), CoarseSearch(video, "torch")
+    assert (with_faiss.backend, with_torch.backend) == ("faiss", "torch")
+    assert torch.equal(with_faiss.topk(query, 50), with_torch.topk(query, 50))

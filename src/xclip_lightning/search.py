@@ -9,9 +9,10 @@ normalised ``VideoFeatures``), ``manifest.json`` (one entry per video: path, siz
 of the sampled frames; the failures with their reasons; the model's fingerprint, the sampler settings and the
 features' SHA-256) and ``thumbs/`` (one JPEG strip of the sampled frames per video, for the HTML report).
 
-Ranking: the coarse video-sentence score (one matrix product over every video) picks ``candidates`` videos per
-query, which are then re-scored with the full multi-grained X-CLIP score (``bench/search.py`` measures how often the
-top 10 agree with exhaustive scoring). ``candidates=None`` scores every video exhaustively.
+Ranking: the coarse video-sentence score (one matrix product over every video, or an exact FAISS inner-product
+index when faiss is installed) picks ``candidates`` videos per query, which are then re-scored with the full
+multi-grained X-CLIP score (``bench/search.py`` measures how often the top 10 agree with exhaustive scoring).
+``candidates=None`` scores every video exhaustively.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import av
 import torch
@@ -43,6 +45,7 @@ INDEX_VERSION = 1
 MANIFEST, FEATURES, THUMBS = "manifest.json", "features.safetensors", "thumbs"
 THUMB_HEIGHT = 64  # pixels of the thumbnail strip
 DEFAULT_CANDIDATES = 200  # videos re-scored with the full X-CLIP score per query (bench/search.py)
+CoarseBackend = Literal["auto", "torch", "faiss"]
 
 
 class VideoIndexError(ValueError):
@@ -137,6 +140,8 @@ class VideoIndex:
         self.model, self.settings, self.entries, self.features = model, settings, entries, features
         self.failures, self.folder, self.model_dir = failures, folder, model_dir
         self.encoded = 0  # videos decoded and encoded by the build that made this object (0 when loaded)
+        self.coarse_backend: CoarseBackend = "auto"
+        self._coarse: CoarseSearch | None = None
 
     # ---- building ----------------------------------------------------------------------------------------------
 
@@ -308,7 +313,9 @@ class VideoIndex:
 
     def _rank(self, text: TextFeatures, k: int, candidates: int | None) -> list[SearchHit]:
         head, scale = self.model.head, self.model.logit_scale()
-        rows, scores = rank_videos(head, scale, text, self.features, k, candidates)
+        if self._coarse is None:  # built on the first search (a FAISS index when faiss is installed)
+            self._coarse = CoarseSearch(self.features.video, self.coarse_backend)
+        rows, scores = rank_videos(head, scale, text, self.features, k, candidates, self._coarse)
         frames, mask = self.features.frames[rows], self.features.frame_mask[rows]
         best = (frames @ text.sentence[0]).masked_fill(~mask, -torch.inf).argmax(dim=1)  # sentence-frame match
         hits = []
@@ -320,11 +327,40 @@ class VideoIndex:
         return hits
 
 
-def coarse_scores(head: XCLIPHead, text: TextFeatures, video: Tensor) -> Tensor:
-    """Video-sentence scores [Q,N]: sentence^T G video, one matrix product (G = global_mat_weight, or I)."""
+def coarse_query(head: XCLIPHead, text: TextFeatures) -> Tensor:
+    """The query side of the video-sentence score sentence^T G video: sentence @ G [Q,D] (G = global_mat_weight,
+    or the identity when the head has no video-sentence contrast)."""
     weight = getattr(head, "global_mat_weight", None)
-    sentence = text.sentence @ weight if weight is not None else text.sentence
-    return sentence @ video.T
+    return text.sentence @ weight if weight is not None else text.sentence
+
+
+class CoarseSearch:
+    """Top K videos by the coarse video-sentence score: a torch matrix product, or an exact FAISS inner-product
+    index (``IndexFlatIP``) when faiss is installed and ``backend`` allows it. Both return the same rows."""
+
+    def __init__(self, video: Tensor, backend: CoarseBackend = "auto") -> None:
+        self.video = video
+        self.index = None
+        if backend != "torch":
+            try:
+                import faiss
+            except ImportError:
+                if backend == "faiss":
+                    raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu") from None
+                return
+            self.index = faiss.IndexFlatIP(video.shape[1])
+            self.index.add(video.detach().float().cpu().contiguous().numpy())
+
+    @property
+    def backend(self) -> str:
+        return "torch" if self.index is None else "faiss"
+
+    def topk(self, query: Tensor, k: int) -> Tensor:
+        """query [Q,D] (from ``coarse_query``) -> rows [Q,k], best first."""
+        if self.index is None:
+            return (query @ self.video.T).topk(k, dim=1).indices
+        _, rows = self.index.search(query.detach().float().cpu().contiguous().numpy(), k)
+        return torch.from_numpy(rows).to(self.video.device)
 
 
 def rank_videos(
@@ -334,17 +370,19 @@ def rank_videos(
     features: VideoFeatures,
     k: int,
     candidates: int | None = DEFAULT_CANDIDATES,
+    coarse: CoarseSearch | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One query (``text`` of batch 1) against every video: (rows [k] best first, full X-CLIP scores [k]).
 
-    Two stages: the coarse score picks ``candidates`` rows, the full score ranks them; ``candidates=None`` (or at
-    least the number of videos) scores every video with the full score.
+    Two stages: the coarse score picks ``candidates`` rows (with ``coarse``, or a torch matrix product), the full
+    score ranks them; ``candidates=None`` (or at least the number of videos) scores every video fully.
     """
     n = features.video.shape[0]
     if candidates is None or candidates >= n:
         rows = torch.arange(n, device=features.video.device)
     else:
-        rows = coarse_scores(head, text, features.video)[0].topk(max(candidates, k)).indices
+        coarse = coarse or CoarseSearch(features.video, backend="torch")
+        rows = coarse.topk(coarse_query(head, text), max(candidates, k))[0]
     subset = VideoFeatures(*(x[rows] for x in features)) if len(rows) < n else features
     scores = head.score_matrix(text, subset, logit_scale)[0]
     order = scores.argsort(descending=True)[:k]
