@@ -121,3 +121,15 @@ def test_predict_a_folder_of_videos(synthetic, tmp_path):
     (videos,) = dm.predict_dataloader()
     assert sum(len(b["video_index"]) for b in videos) == 14
     assert dm.dataset_records("predict")[0].video_id == "00000.mp4"
+
+
+def test_on_the_fly_skipping_is_refused_under_ddp(synthetic, tmp_path):
+    """Skipping bad videos while decoding on the fly would give the ranks batches of different sizes."""
+    from types import SimpleNamespace
+
+    dm = datamodule(synthetic, tmp_path, cache_dir=None, bad_videos="skip")
+    dm.trainer = SimpleNamespace(world_size=2)
+    with pytest.raises(ValueError, match=r"different sizes.*set cache_dir"):
+        dm.setup("fit")
+    dm.trainer = SimpleNamespace(world_size=1)
+    dm.setup("fit")  # one process: fine
