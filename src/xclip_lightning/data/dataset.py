@@ -74,7 +74,8 @@ class _VideoItems(Dataset):
             frames, mask = self.load_frames(source)
         except (VideoDecodeError, FileNotFoundError) as err:
             if self.bad_videos == "error":
-                raise VideoDecodeError(source.path, f"{err} (set bad_videos='skip' to drop such videos)") from err
+                reason = err.reason if isinstance(err, VideoDecodeError) else str(err)
+                raise VideoDecodeError(source.path, f"{reason} (set bad_videos='skip' to drop such videos)") from err
             warnings.warn(f"skipping a bad video: {err}", RuntimeWarning, stacklevel=2)
             return None
         return {"frames": frames, "frame_mask": mask, "video_index": torch.tensor(video_index)}
