@@ -66,7 +66,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(retrieval_table(metrics, "test", num_videos))
     print(f"\ntext->video R@1 {t2v_r1:.1f}% = {t2v_r1 / (100 / num_videos):.1f}x chance ({100 / num_videos:.1f}%)")
     print(f"logs and resolved config: {cli.trainer.log_dir}")
-    print(f"best checkpoint: {cli.trainer.checkpoint_callback.best_model_path}")
+    best = cli.trainer.checkpoint_callback.best_model_path
+    print(f"best checkpoint: {best}")
+    print(
+        f"search with it: xclip-lightning export --ckpt_path {best} --out models/synthetic && xclip-lightning index "
+        f"--model models/synthetic --videos {ROOT / 'data' / 'videos'} --out models/synthetic.xindex"
+    )
     print(f"total time: {time.perf_counter() - start:.0f} s")
     return metrics
 
