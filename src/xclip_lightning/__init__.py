@@ -3,9 +3,9 @@
 Not Microsoft's X-CLIP for video recognition (transformers' ``XCLIPModel``).
 """
 
-from xclip_lightning.data.datamodule import VideoTextDataModule
+from typing import Any
+
 from xclip_lightning.data.tokenize import TokenizedText, tokenize
-from xclip_lightning.lightning_module import XCLIPRetrieval
 from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, retrieval_metrics
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
@@ -25,3 +25,16 @@ __all__ = [
     "symmetric_infonce",
     "tokenize",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """The Lightning classes load on first use, so the model and search code import without Lightning."""
+    if name == "XCLIPRetrieval":
+        from xclip_lightning.lightning_module import XCLIPRetrieval
+
+        return XCLIPRetrieval
+    if name == "VideoTextDataModule":
+        from xclip_lightning.data.datamodule import VideoTextDataModule
+
+        return VideoTextDataModule
+    raise AttributeError(f"module 'xclip_lightning' has no attribute {name!r}")
