@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from xclip_lightning.loss import symmetric_infonce
-from xclip_lightning.metrics import RetrievalMetrics
+from xclip_lightning.metrics import RetrievalMetrics, first_of_each_index
 from xclip_lightning.model.head import DEFAULT_BLOCK_ELEMENTS, TextFeatures, VideoFeatures
 from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggregation, Contrast
 from xclip_lightning.model.xclip import XCLIP
@@ -132,7 +132,7 @@ class XCLIPRetrieval(L.LightningModule):
         masks = [m for m in (text.word_mask, video.frame_mask) if m is not None]
         gathered = self.all_gather(packed, sync_grads=True).flatten(0, 1)  # [W*B,K]
         with torch.no_grad():
-            gathered_masks = [self.all_gather(m.to(torch.uint8)).flatten(0, 1).bool() for m in masks]
+            gathered_masks = [self.all_gather(m).flatten(0, 1) for m in masks]
         parts = gathered.split([x[0].numel() for x in floats], dim=1)
         sentence, words, video_emb, frames = (p.reshape(-1, *x.shape[1:]) for p, x in zip(parts, floats, strict=True))
         word_mask = gathered_masks.pop(0) if text.word_mask is not None else None
@@ -227,13 +227,7 @@ class XCLIPRetrieval(L.LightningModule):
         local = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         if self.trainer.world_size > 1:
             local = {name: self.all_gather(x).flatten(0, 1) for name, x in local.items()}
-        order = local[key].argsort(stable=True)
-        index = local[key][order]
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[1:] != index[:-1]
-        kept = order[first]
-        if not torch.equal(local[key][kept], torch.arange(len(kept), device=index.device)):
-            raise RuntimeError(f"evaluation is missing some {key} values: got {len(kept)} unique, not 0..N-1")
+        kept = first_of_each_index(local[key], key)
         return {name: x[kept] for name, x in local.items()}
 
     def _evaluate(self, stage: str) -> dict[str, float]:

@@ -114,6 +114,21 @@ def retrieval_metrics(
     return out
 
 
+def first_of_each_index(index: Tensor, what: str) -> Tensor:
+    """Positions of the first row of each index value, ordered by index; the values must be exactly 0..N-1.
+
+    Distributed evaluation pads with repeated items (DistributedSampler), so every index appears once or more;
+    a value that never appears is an error, not a smaller evaluation.
+    """
+    order = index.argsort(stable=True)
+    sorted_index = index[order]
+    first = torch.ones_like(sorted_index, dtype=torch.bool)
+    first[1:] = sorted_index[1:] != sorted_index[:-1]
+    if not torch.equal(sorted_index[first], torch.arange(int(first.sum()), device=index.device)):
+        raise ValueError(f"{what} are missing from the evaluation: got {int(first.sum())} unique indices, not 0..N-1")
+    return order[first]
+
+
 class RetrievalMetrics(Metric):
     """torchmetrics wrapper: collects rows of the score matrix (with their text index) on each rank.
 
@@ -144,12 +159,6 @@ class RetrievalMetrics(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         rows, index = dim_zero_cat(self.rows), dim_zero_cat(self.text_index)
-        order = index.argsort(stable=True)
-        rows, index = rows[order], index[order]
-        first = torch.ones_like(index, dtype=torch.bool)
-        first[1:] = index[1:] != index[:-1]
-        rows, index = rows[first], index[first]
-        if not torch.equal(index, torch.arange(len(index), device=index.device)):
-            raise ValueError(f"texts are missing from the evaluation: got {len(index)} unique indices, not 0..N-1")
+        rows = rows[first_of_each_index(index, "texts")]
         result = retrieval_metrics(rows, self.captions_per_video, self.dsl, self.dsl_temperature)
         return {f"{group}/{name}": torch.tensor(v) for group, vals in result.items() for name, v in vals.items()}
