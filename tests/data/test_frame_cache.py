@@ -75,3 +75,16 @@ def test_failures_are_recorded_with_their_reason_never_zeros(tmp_path, sources):
     assert VideoSource(bad) not in cache
     with pytest.raises(FileNotFoundError):
         cache.build([missing], workers=1, progress=False)
+
+
+def test_a_video_that_turns_bad_loses_its_old_frames(tmp_path, sources):
+    copy = tmp_path / "was_good.mp4"
+    copy.write_bytes(sources[0].path.read_bytes())
+    cache = FrameCache(tmp_path / "cache", SETTINGS)
+    assert cache.build([VideoSource(copy)], workers=1, progress=False) == {}
+    copy.write_bytes(b"now garbage" * 50)
+    os.utime(copy, ns=(2, 2))
+    failures = cache.build([VideoSource(copy)], workers=1, progress=False)
+    assert list(failures) == [copy] and VideoSource(copy) not in cache
+    with pytest.raises(KeyError):
+        cache.frames_array(VideoSource(copy))  # the frames of the earlier, good file are gone

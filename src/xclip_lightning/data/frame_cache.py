@@ -105,6 +105,8 @@ def _build_entry(source: VideoSource, settings: SamplerSettings, folder: Path) -
         frames, timestamps = decode_video(source, settings)
     except Exception as err:  # recorded with its reason and reported; never cached as a zero sample
         reason = f"{type(err).__name__}: {err}"
+        for stale in (f"{name}.json", f"{name}.npy"):  # frames of an earlier version of the file: unreadable now
+            (folder / stale).unlink(missing_ok=True)
         _write_atomic(folder / f"{name}.error", json.dumps({**meta, "reason": reason}).encode())
         return reason
     _write_atomic(folder / f"{name}.npy", _npy_bytes(frames.numpy()))
@@ -177,6 +179,5 @@ class FrameCache:
         meta_path = self.folder / f"{name}.json"
         if not meta_path.is_file():
             raise KeyError(f"{source.path} is not in the frame cache {self.folder}: run prepare_data() (or build())")
-        frames = np.load(self.folder / f"{name}.npy", mmap_mode="r")
         timestamps = torch.tensor(json.loads(meta_path.read_text())["timestamps"], dtype=torch.float64)
-        return CachedFrames(torch.from_numpy(np.array(frames)), timestamps)  # a writable copy of the mapped file
+        return CachedFrames(torch.from_numpy(np.array(self.frames_array(source))), timestamps)  # a writable copy
