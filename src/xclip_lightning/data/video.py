@@ -138,7 +138,7 @@ class _Picker:
         self.bucket_num = self.time_base.numerator * per_second.numerator
         self.bucket_den = self.time_base.denominator * per_second.denominator
         limit = Fraction(end_time).limit_denominator() if end_time is not None else None
-        # an offset is past the end when o * time_base >= limit, i.e. o * limit_num >= limit_den (integers)
+        # an offset o (ticks) is past the end when o * time_base >= limit, i.e. o * limit[0] >= limit[1] (integers)
         self.limit = (
             None
             if limit is None
