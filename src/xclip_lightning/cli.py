@@ -8,8 +8,11 @@
     xclip-lightning export --ckpt_path CKPT --out DIR        # and index / search: see tools.py
 
 The CLIP name, ``max_words`` and ``max_frames`` are given once, on the model, and linked to the data module (the
-tokenizer and the frame slots must agree with the head's AOSM matrices). Each run writes its logs (CSV), its
-checkpoints (best val text->video R@1 and last) and the resolved config under ``runs/<name>/version_<n>/``;
+tokenizer and the frame slots must agree with the head's AOSM matrices). With ``--ckpt_path`` the model is built
+from the CLIP config and tokenizer stored in the checkpoint, so ``test`` / ``validate`` / ``predict`` and resuming
+need neither the original CLIP folder nor the original working directory. Each run writes its logs (CSV), its
+checkpoints (``best-*.ckpt``: best val text->video R@1; ``last.ckpt``: the end of the latest epoch) and the
+resolved config under ``runs/<name>/version_<n>/``;
 ``predict`` writes the text and video features there too (``predictions/``, see ``callbacks.FeatureWriter``).
 """
 
@@ -23,7 +26,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from xclip_lightning.callbacks import FeatureWriter
 from xclip_lightning.data.datamodule import VideoTextDataModule
-from xclip_lightning.lightning_module import XCLIPRetrieval
+from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint
 
 TOOLS = ("export", "index", "search")
 DESCRIPTION = (
@@ -38,15 +41,27 @@ class XCLIPCLI(LightningCLI):
         for name in ("clip_name_or_path", "max_words", "max_frames"):
             parser.link_arguments(f"model.{name}", f"data.{name}")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        # Lightning's save_last copies only checkpoints that were saved, i.e. the last *improvement*: a second
+        # callback without a monitor writes last.ckpt at the end of every epoch instead.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.monitor": MONITOR,
                 "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
+                "checkpoint.save_last": False,
                 "checkpoint.filename": "best-epoch{epoch}-t2v_R1_{val/t2v_R1:.2f}",
                 "checkpoint.auto_insert_metric_name": False,
+                "last_checkpoint.filename": "last",
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
             }
         )
+
+    def instantiate_classes(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
+        with clip_from_checkpoint(ckpt_path):
+            super().instantiate_classes()
 
 
 def trainer_defaults() -> dict:

@@ -38,6 +38,11 @@ def retrieval_table(metrics: dict[str, float], stage: str, num_videos: int) -> s
     return "\n".join(lines)
 
 
+def best_checkpoint(trainer) -> str:
+    """The path the monitoring checkpoint callback saved (the CLI also has a ``last.ckpt`` one without monitor)."""
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
+
+
 def train_and_test(overrides: Sequence[str] = ()) -> tuple[dict[str, float], XCLIPCLI]:
     """Fit with ``configs/synthetic.yaml`` (plus LightningCLI ``overrides``), then test the best val checkpoint."""
     annotations = make_synthetic_dataset(ROOT / "data")
@@ -52,7 +57,7 @@ def train_and_test(overrides: Sequence[str] = ()) -> tuple[dict[str, float], XCL
         run=False,
     )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    best = cli.trainer.checkpoint_callback.best_model_path
+    best = best_checkpoint(cli.trainer)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items()}, cli
 
@@ -66,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     print(retrieval_table(metrics, "test", num_videos))
     print(f"\ntext->video R@1 {t2v_r1:.1f}% = {t2v_r1 / (100 / num_videos):.1f}x chance ({100 / num_videos:.1f}%)")
     print(f"logs and resolved config: {cli.trainer.log_dir}")
-    best = cli.trainer.checkpoint_callback.best_model_path
+    best = best_checkpoint(cli.trainer)
     print(f"best checkpoint: {best}")
     print(
         f"search with it: xclip-lightning export --ckpt_path {best} --out models/synthetic && xclip-lightning index "

@@ -14,7 +14,11 @@ video has several captions).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,7 +26,7 @@ import torch
 from torch import Tensor
 
 from xclip_lightning.loss import symmetric_infonce
-from xclip_lightning.metrics import RetrievalMetrics, first_of_each_index
+from xclip_lightning.metrics import RetrievalMetrics, first_of_each
 from xclip_lightning.model.head import DEFAULT_BLOCK_ELEMENTS, TextFeatures, VideoFeatures
 from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggregation, Contrast
 from xclip_lightning.model.xclip import XCLIP
@@ -44,6 +48,31 @@ FROZEN_CLIP_PARAMETERS = (
     "vision_model.embeddings.",  # class_embedding, patch_embedding (conv1), position_embedding
     "vision_model.pre_layrnorm.",  # transformers' spelling of ln_pre
 )
+
+
+CLIP_SPEC_KEY = "xclip_clip_spec"  # CLIP's config + tokenizer files in every checkpoint (XCLIP.clip_spec)
+_CLIP_SPEC: ContextVar[dict[str, Any] | None] = ContextVar("xclip_clip_spec", default=None)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded without running any pickled code."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+
+
+@contextmanager
+def clip_from_checkpoint(path: str | Path | None) -> Iterator[None]:
+    """Inside, ``XCLIPRetrieval(...)`` builds CLIP from the config and tokenizer stored in the checkpoint at
+    ``path`` instead of reading ``clip_name_or_path``: the weights come from the checkpoint right after, so neither
+    the original CLIP folder nor the original working directory is needed. No-op for None, a checkpoint written
+    before checkpoints carried their CLIP, or a path that is not a file (``"last"``, ``"best"``)."""
+    spec = None
+    if path is not None and Path(path).is_file():
+        spec = read_checkpoint(path).get(CLIP_SPEC_KEY)
+    token = _CLIP_SPEC.set(spec)
+    try:
+        yield
+    finally:
+        _CLIP_SPEC.reset(token)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = WARMUP_FRACTION) -> float:
@@ -107,7 +136,9 @@ class XCLIPRetrieval(L.LightningModule):
             aggregation=aggregation,
             temperature=temperature,
             mask_padding=mask_padding,
+            clip_spec=_CLIP_SPEC.get(),
         )
+        self._clip_spec: dict[str, Any] | None = None
         if freeze_clip_embeddings:
             for name, parameter in self.model.encoders.clip.named_parameters():
                 if name.startswith(FROZEN_CLIP_PARAMETERS):
@@ -115,6 +146,21 @@ class XCLIPRetrieval(L.LightningModule):
         self.model.train()  # from_pretrained leaves CLIP in eval mode
         self._texts: list[dict[str, Tensor]] = []
         self._videos: list[dict[str, Tensor]] = []
+
+    # ---- checkpoints ----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path, *args: Any, **kwargs: Any) -> XCLIPRetrieval:
+        """Lightning's ``load_from_checkpoint``, needing neither the original CLIP folder nor its working directory
+        (the checkpoint carries CLIP's config and tokenizer); nothing pickled is executed."""
+        kwargs.setdefault("weights_only", True)
+        with clip_from_checkpoint(checkpoint_path):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._clip_spec is None:  # the config and tokenizer never change during a run: build it once
+            self._clip_spec = self.model.clip_spec()
+        checkpoint[CLIP_SPEC_KEY] = self._clip_spec
 
     # ---- training -----------------------------------------------------------------------------------------------
 
@@ -227,29 +273,59 @@ class XCLIPRetrieval(L.LightningModule):
         local = {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
         if self.trainer.world_size > 1:
             local = {name: self.all_gather(x).flatten(0, 1) for name, x in local.items()}
-        kept = first_of_each_index(local[key], key)
+        kept = first_of_each(local[key])
         return {name: x[kept] for name, x in local.items()}
 
     def _evaluate(self, stage: str) -> dict[str, float]:
+        """Metrics over the captions and videos this evaluation encoded.
+
+        Normally that is the whole split. A partial pass (the sanity check, ``limit_val_batches``, videos skipped
+        with ``bad_videos='skip'``) is scored over what it saw: the captions whose video was encoded, against the
+        videos that have such a caption; outside the sanity check a warning gives the counts.
+        """
         texts, videos = self._texts, self._videos
         self._texts, self._videos = [], []
         if not texts or not videos:
             return {}
         video = self._all_unique(videos, "video_index")
-        video_features = VideoFeatures(video["video"], video["frames"], video["frame_mask"])
         pairs = self._all_unique([{k: t[k] for k in ("text_index", "video_index")} for t in texts], "text_index")
-        captions_per_video = torch.bincount(pairs["video_index"], minlength=len(video["video_index"]))
         if not bool((pairs["video_index"].diff() >= 0).all()):
             raise RuntimeError("evaluation captions must be grouped by video (CaptionDataset keeps them so)")
+        # captions whose video was encoded, then the videos that kept a caption
+        text_kept = torch.isin(pairs["video_index"], video["video_index"])
+        video_kept = torch.isin(video["video_index"], pairs["video_index"][text_kept])
+        kept_text_index, kept_video_index = pairs["text_index"][text_kept], video["video_index"][video_kept]
+        if len(kept_text_index) == 0:
+            return {}
+        self._warn_if_partial(stage, len(kept_text_index), len(kept_video_index))
+        video_features = VideoFeatures(
+            video["video"][video_kept], video["frames"][video_kept], video["frame_mask"][video_kept]
+        )
+        column = torch.searchsorted(kept_video_index, pairs["video_index"][text_kept])
+        captions_per_video = torch.bincount(column, minlength=len(kept_video_index))
         single = bool((captions_per_video == 1).all())
         metric = RetrievalMetrics(None if single else captions_per_video.tolist()).to(self.device)
-        for part in texts:  # each rank scores its own captions against every video
-            text = TextFeatures(part["sentence"], part["words"], part["word_mask"])
+        for part in texts:  # each rank scores its own captions against every kept video
+            keep = torch.isin(part["text_index"], kept_text_index)
+            text = TextFeatures(part["sentence"][keep], part["words"][keep], part["word_mask"][keep])
             rows = self.model.score_matrix(text, video_features, self.hparams.eval_block_elements)
-            metric.update(rows, part["text_index"])
+            metric.update(rows, torch.searchsorted(kept_text_index, part["text_index"][keep]))
         result = {f"{stage}/{k.replace('/', '_')}": v.item() for k, v in metric.compute().items()}
         self.log_dict(result, sync_dist=False)
         return result
+
+    def _warn_if_partial(self, stage: str, num_texts: int, num_videos: int) -> None:
+        if self.trainer.sanity_checking:
+            return
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        total_texts, total_videos = (len(loader.dataset) for loader in loaders)
+        if (num_texts, num_videos) != (total_texts, total_videos):
+            warnings.warn(
+                f"{stage} metrics cover {num_texts} of {total_texts} captions and {num_videos} of {total_videos} "
+                f"videos (limited batches or skipped bad videos): not comparable to a full evaluation",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def on_validation_epoch_end(self) -> None:
         self._evaluate("val")

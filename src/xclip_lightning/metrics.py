@@ -114,19 +114,25 @@ def retrieval_metrics(
     return out
 
 
-def first_of_each_index(index: Tensor, what: str) -> Tensor:
-    """Positions of the first row of each index value, ordered by index; the values must be exactly 0..N-1.
-
-    Distributed evaluation pads with repeated items (DistributedSampler), so every index appears once or more;
-    a value that never appears is an error, not a smaller evaluation.
-    """
+def first_of_each(index: Tensor) -> Tensor:
+    """Positions of the first row of each distinct index value, ordered by value."""
     order = index.argsort(stable=True)
     sorted_index = index[order]
     first = torch.ones_like(sorted_index, dtype=torch.bool)
     first[1:] = sorted_index[1:] != sorted_index[:-1]
-    if not torch.equal(sorted_index[first], torch.arange(int(first.sum()), device=index.device)):
-        raise ValueError(f"{what} are missing from the evaluation: got {int(first.sum())} unique indices, not 0..N-1")
     return order[first]
+
+
+def first_of_each_index(index: Tensor, what: str) -> Tensor:
+    """``first_of_each``, where the values must be exactly 0..N-1.
+
+    Distributed evaluation pads with repeated items (DistributedSampler), so every index appears once or more;
+    a value that never appears is an error, not a smaller evaluation.
+    """
+    kept = first_of_each(index)
+    if not torch.equal(index[kept], torch.arange(len(kept), device=index.device)):
+        raise ValueError(f"{what} are missing from the evaluation: got {len(kept)} unique indices, not 0..N-1")
+    return kept
 
 
 class RetrievalMetrics(Metric):

@@ -128,8 +128,8 @@ def test_on_the_fly_skipping_is_refused_under_ddp(synthetic, tmp_path):
     from types import SimpleNamespace
 
     dm = datamodule(synthetic, tmp_path, cache_dir=None, bad_videos="skip")
-    dm.trainer = SimpleNamespace(world_size=2)
+    dm.trainer = SimpleNamespace(world_size=2, lightning_module=None)
     with pytest.raises(ValueError, match=r"different sizes.*set cache_dir"):
         dm.setup("fit")
-    dm.trainer = SimpleNamespace(world_size=1)
+    dm.trainer = SimpleNamespace(world_size=1, lightning_module=None)
     dm.setup("fit")  # one process: fine

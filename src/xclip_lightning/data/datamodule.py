@@ -1,7 +1,10 @@
 """``VideoTextDataModule``: annotation files + a video folder -> training pairs and evaluation batches.
 
-``prepare_data`` decodes every video of the three splits once into the frame cache (a process pool with a progress
-bar); ``setup`` reads the annotations, tokenizes every caption and builds the datasets of ``data/dataset.py``.
+``prepare_data`` decodes the videos of the splits the stage needs (fit: train + val; validate: val; test: test;
+predict: test or the predict folder) once into the frame cache (a process pool with a progress bar); ``setup``
+reads the annotations, tokenizes every caption and builds the datasets of ``data/dataset.py``. Attached to a
+trainer running an ``XCLIPRetrieval``, the tokenizer and the frame size are the model's own (a checkpoint carries
+them), so evaluating a checkpoint needs neither the original CLIP folder nor the training videos.
 Validation, test and predict return two loaders, ``[captions, videos]``, so that each caption and each unique video
 is encoded once. Every init argument is a plain typed value, so LightningCLI exposes them as ``--data.*``.
 """
@@ -15,10 +18,11 @@ from typing import Literal
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from xclip_lightning.data.benchmarks import READERS, VideoRecord
 from xclip_lightning.data.benchmarks.common import SHOW_MISSING, VIDEO_EXTENSIONS, MissingPolicy
+from xclip_lightning.data.benchmarks.didemo import DidemoLookup
 from xclip_lightning.data.dataset import (
     BadVideoPolicy,
     CaptionDataset,
@@ -37,6 +41,7 @@ from xclip_lightning.data.video import SamplingMode
 
 Benchmark = Literal["msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "generic"]
 Split = Literal["train", "val", "test"]
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
 DEFAULT_CACHE_DIR = ".cache/xclip-lightning/frames"
 
 
@@ -65,6 +70,9 @@ class VideoTextDataModule(L.LightningDataModule):
         missing_videos: the same for videos named by the annotations but not on disk.
         train_split, val_split, test_split: split names passed to the reader.
         msrvtt_train_set: MSR-VTT training list, ``9k`` (official) or ``7k``.
+        didemo_lookup: how DiDeMo ids find their files: ``any`` naming (default) or X-CLIP's exact ``official``
+            rule, which drops the ids that contain ``.mp4`` (see ``data/benchmarks/didemo.py``).
+        clean_captions: clean captions as the official tokenizer does (ftfy, HTML entities, whitespace) first.
         predict_videos: a folder (searched recursively) whose videos ``predict`` encodes; None = the test split.
         prepare_workers: processes that build the frame cache; None = ``num_workers`` (at least 1).
         shuffle_seed: the training order is a function of (shuffle_seed, epoch) only, so resuming is exact.
@@ -91,6 +99,8 @@ class VideoTextDataModule(L.LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         msrvtt_train_set: Literal["9k", "7k"] = "9k",
+        didemo_lookup: DidemoLookup = "any",
+        clean_captions: bool = True,
         predict_videos: str | None = None,
         prepare_workers: int | None = None,
         shuffle_seed: int = 42,
@@ -107,6 +117,7 @@ class VideoTextDataModule(L.LightningDataModule):
         self.bad_videos, self.missing_videos = bad_videos, missing_videos
         self.splits = {"train": train_split, "val": val_split, "test": test_split}
         self.msrvtt_train_set, self.predict_videos = msrvtt_train_set, predict_videos
+        self.didemo_lookup, self.clean_captions = didemo_lookup, clean_captions
         self.prepare_workers, self.shuffle_seed = prepare_workers, shuffle_seed
         self.datasets: dict[str, list[Dataset]] = {}
 
@@ -114,7 +125,10 @@ class VideoTextDataModule(L.LightningDataModule):
 
     def records(self, split: Split) -> list[VideoRecord]:
         """The records of one split, through the benchmark's reader and the missing-video policy."""
-        kwargs = {"train_set": self.msrvtt_train_set} if self.benchmark == "msrvtt" else {}
+        kwargs = {
+            "msrvtt": {"train_set": self.msrvtt_train_set},
+            "didemo": {"lookup": self.didemo_lookup},
+        }.get(self.benchmark, {})
         read = READERS[self.benchmark]
         return read(self.annotations, self.videos, self.splits[split], missing_videos=self.missing_videos, **kwargs)
 
@@ -127,18 +141,39 @@ class VideoTextDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {folder}")
         return [VideoRecord(str(p.relative_to(folder)), p, (), "predict") for p in paths]
 
+    def _model(self):
+        """The X-CLIP model of the trainer's module, when there is one (its tokenizer and frame size rule)."""
+        from xclip_lightning.model.xclip import XCLIP
+
+        model = getattr(self.trainer.lightning_module, "model", None) if self.trainer is not None else None
+        return model if isinstance(model, XCLIP) else None
+
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        model = self._model()
+        return model.tokenizer if model is not None else AutoTokenizer.from_pretrained(self.clip_name_or_path)
+
     @property
     def sampler_settings(self) -> SamplerSettings:
         if self.image_size is None:
-            self.image_size = AutoConfig.from_pretrained(self.clip_name_or_path).vision_config.image_size
+            model = self._model()
+            config = (
+                model.encoders.clip.config if model is not None else AutoConfig.from_pretrained(self.clip_name_or_path)
+            )
+            self.image_size = config.vision_config.image_size
         return SamplerSettings(self.fps, self.max_frames, self.sampling, self.image_size)
+
+    def _stage_splits(self) -> tuple[Split, ...]:
+        """The splits the trainer's current stage reads; all three when no trainer runs."""
+        if self.trainer is None or self.trainer.state.fn is None:
+            return ("train", "val", "test")
+        return STAGE_SPLITS[self.trainer.state.fn.value]
 
     @property
     def cache(self) -> FrameCache | None:
         return FrameCache(self.cache_dir, self.sampler_settings) if self.cache_dir is not None else None
 
     def prepare_data(self) -> None:
-        """Decode every video of the train, val and test splits (or the predict folder) into the frame cache.
+        """Decode every video of the stage's splits (or the predict folder) into the frame cache.
 
         Runs once per node. Videos that give no frame are recorded with their reason; with ``bad_videos='error'``
         the run stops here, listing them.
@@ -149,7 +184,7 @@ class VideoTextDataModule(L.LightningDataModule):
         if self.predict_videos is not None:
             records = self.predict_records()
         else:
-            records = {r.video_path: r for split in ("train", "val", "test") for r in self.records(split)}.values()
+            records = {r.video_path: r for split in self._stage_splits() for r in self.records(split)}.values()
         workers = self.prepare_workers if self.prepare_workers is not None else max(1, self.num_workers)
         failures = cache.build([video_source(r) for r in records], workers=workers)
         if failures:
@@ -180,10 +215,10 @@ class VideoTextDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         cache = self.cache
         frames = FrameLoader(self.sampler_settings, cache)
-        tokenizer = AutoTokenizer.from_pretrained(self.clip_name_or_path)
+        tokenizer = self.tokenizer()
 
         def text_of(records: list[VideoRecord]):
-            return tokenize(tokenizer, all_captions(records), self.max_words)
+            return tokenize(tokenizer, all_captions(records), self.max_words, clean=self.clean_captions)
 
         if stage == "fit":
             world = self.trainer.world_size if self.trainer is not None else 1

@@ -8,6 +8,7 @@ download.
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,16 @@ from xclip_lightning.model.temporal import init_from_clip_text
 WEIGHTS_FILE = "model.safetensors"
 XCLIP_CONFIG_FILE = "xclip_config.json"
 FORMAT_VERSION = 1
+
+
+def tokenizer_from_files(files: dict[str, str]) -> PreTrainedTokenizerBase:
+    """A tokenizer from the text of its saved files (``{"tokenizer.json": ..., ...}``)."""
+    with tempfile.TemporaryDirectory() as folder:
+        for name, text in files.items():
+            if Path(name).name != name:
+                raise ValueError(f"tokenizer file name {name!r} is not a plain file name")
+            (Path(folder) / name).write_text(text, encoding="utf-8")
+        return AutoTokenizer.from_pretrained(folder)
 
 
 class XCLIP(nn.Module):
@@ -50,19 +61,34 @@ class XCLIP(nn.Module):
         max_frames: int = 12,
         temporal_layers: int = 4,
         init_temporal_from_clip: bool = True,
+        clip_spec: dict[str, Any] | None = None,
         **head_kwargs: Any,
     ) -> XCLIP:
         """Start from CLIP weights (a local folder or a hub name): the official initialisation.
 
         The temporal encoder's blocks and position table are copied from CLIP's text tower (spec §4) unless
         ``init_temporal_from_clip`` is False. ``head_kwargs`` go to ``XCLIPHead`` (contrasts, aggregation, ...).
+        With ``clip_spec`` (``XCLIP.clip_spec()`` of a saved model) CLIP is built from that config and tokenizer
+        with random weights instead, and ``clip_name_or_path`` is not read: for weights loaded right after.
         """
-        encoders = CLIPEncoders.from_pretrained(clip_name_or_path)
-        tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
+        if clip_spec is None:
+            encoders = CLIPEncoders.from_pretrained(clip_name_or_path)
+            tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
+        else:
+            encoders = CLIPEncoders(CLIPModel(CLIPConfig.from_dict(clip_spec["config"])))
+            tokenizer = tokenizer_from_files(clip_spec["tokenizer"])
         head = XCLIPHead(encoders.embed_dim, max_words, max_frames, temporal_layers=temporal_layers, **head_kwargs)
         if init_temporal_from_clip and head.temporal_layers > 0:
             init_from_clip_text(head.frame_position_embeddings, head.transformerClip, encoders.clip.text_model)
         return cls(encoders, head, tokenizer)
+
+    def clip_spec(self) -> dict[str, Any]:
+        """CLIP's config and the tokenizer's files as plain data (strings and numbers): what a checkpoint stores
+        so that it can be loaded without the original CLIP folder (``from_clip(..., clip_spec=...)``)."""
+        with tempfile.TemporaryDirectory() as folder:
+            self.tokenizer.save_pretrained(folder)
+            files = {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(folder).iterdir()) if p.is_file()}
+        return {"config": self.encoders.clip.config.to_dict(), "tokenizer": files}
 
     # ---- encoding -----------------------------------------------------------------------------------------------
 

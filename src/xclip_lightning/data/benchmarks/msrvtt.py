@@ -13,9 +13,12 @@ from xclip_lightning.data.benchmarks.common import (
     AnnotationError,
     MissingPolicy,
     VideoRecord,
+    caption_text,
+    check_split,
     find_flat,
     load_json,
     read_csv_rows,
+    require_records,
     resolve_missing,
 )
 
@@ -29,11 +32,14 @@ def _captions_by_video(path: Path) -> dict[str, list[str]]:
     if not isinstance(data, dict) or "sentences" not in data:
         raise AnnotationError(path, "missing key 'sentences'")
     captions: dict[str, list[str]] = {}
+    if not isinstance(data["sentences"], list):
+        raise AnnotationError(path, "'sentences' must be a list of {video_id, caption, sen_id}")
     for i, item in enumerate(data["sentences"]):
         for key in ("video_id", "caption"):
-            if key not in item:
-                raise AnnotationError(path, f"sentences[{i}] has no key {key!r}")
-        captions.setdefault(item["video_id"], []).append(item["caption"])
+            if not isinstance(item, dict) or key not in item:
+                raise AnnotationError(path, f"has no key {key!r}", entry=f"sentences[{i}]")
+        caption = caption_text(item["caption"], path, entry=f"sentences[{i}]")
+        captions.setdefault(item["video_id"], []).append(caption)
     return captions
 
 
@@ -45,6 +51,9 @@ def read_msrvtt(
     missing_videos: MissingPolicy = "error",
 ) -> list[VideoRecord]:
     """Records of one split; ``annotations`` is the folder holding the csv files and MSRVTT_data.json."""
+    check_split(split, "MSR-VTT")
+    if train_set not in TRAIN_CSV:
+        raise ValueError(f"MSR-VTT has no train set {train_set!r}: use one of {', '.join(TRAIN_CSV)}")
     annotations, videos = Path(annotations), Path(videos)
     records = []
     if split == "train":
@@ -56,7 +65,10 @@ def read_msrvtt(
                 raise AnnotationError(csv_path, f"video {vid!r} has no caption in {DATA_JSON}", line=line)
             records.append(VideoRecord(vid, find_flat(videos, vid), tuple(captions[vid]), split))
     else:  # val = test = JSFUSION 1k-A (official)
-        for _, row in read_csv_rows(annotations / TEST_CSV, ["key", "vid_key", "video_id", "sentence"]):
+        csv_path = annotations / TEST_CSV
+        for line, row in read_csv_rows(csv_path, ["key", "vid_key", "video_id", "sentence"]):
             vid = row["video_id"]
-            records.append(VideoRecord(vid, find_flat(videos, vid), (row["sentence"],), split))
+            sentence = caption_text(row["sentence"], csv_path, line=line)
+            records.append(VideoRecord(vid, find_flat(videos, vid), (sentence,), split))
+    require_records(records, csv_path, split)
     return resolve_missing(records, missing_videos, f"MSR-VTT {split} ({annotations})")

@@ -16,9 +16,12 @@ from xclip_lightning.data.benchmarks.common import (
     AnnotationError,
     MissingPolicy,
     VideoRecord,
+    caption_text,
+    check_split,
     index_by_stem,
     read_lines,
     require_file,
+    require_records,
     resolve_missing,
 )
 
@@ -44,9 +47,14 @@ def load_raw_captions(path: Path) -> dict[str, list[str]]:
         raise AnnotationError(path, f"expected a dict of video id -> captions, got {type(data).__name__}")
     captions = {}
     for vid, caps in data.items():
-        if not isinstance(caps, list) or not all(isinstance(c, list | str) for c in caps):
-            raise AnnotationError(path, f"video {vid!r}: expected a list of token lists")
-        captions[str(vid)] = [" ".join(c) if isinstance(c, list) else c for c in caps]
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, list | str) for c in caps):
+            raise AnnotationError(path, "expected a non-empty list of token lists", entry=f"[{vid!r}]")
+        if not all(isinstance(token, str) for c in caps if isinstance(c, list) for token in c):
+            raise AnnotationError(path, "a caption's tokens must be strings", entry=f"[{vid!r}]")
+        captions[str(vid)] = [
+            caption_text(" ".join(c) if isinstance(c, list) else c, path, entry=f"[{vid!r}][{i}]")
+            for i, c in enumerate(caps)
+        ]
     return captions
 
 
@@ -56,6 +64,7 @@ def read_msvd(
     split: Literal["train", "val", "test"],
     missing_videos: MissingPolicy = "error",
 ) -> list[VideoRecord]:
+    check_split(split, "MSVD")
     annotations, videos = Path(annotations), Path(videos)
     captions = load_raw_captions(annotations / CAPTIONS_PKL)
     list_path = annotations / f"{split}_list.txt"
@@ -65,4 +74,5 @@ def read_msvd(
         if vid not in captions:
             raise AnnotationError(list_path, f"video {vid!r} has no captions in {CAPTIONS_PKL}", line=line)
         records.append(VideoRecord(vid, on_disk.get(vid), tuple(captions[vid]), split))
+    require_records(records, list_path, split)
     return resolve_missing(records, missing_videos, f"MSVD {split} ({annotations})")
