@@ -28,4 +28,6 @@ def test_readme_training_example_runs(tmp_path, monkeypatch, capsys):
     results = namespace["results"][0]
     assert 0.0 <= results["test/t2v_R1"] <= 100.0 and results["test/t2v_MnR"] >= 1.0
     assert namespace["trainer"].current_epoch == 2  # trained both epochs
+    best = namespace["best"].best_model_path
+    assert best.endswith(".ckpt") and namespace["trainer"].ckpt_path == best  # test loaded the best checkpoint
     assert (tmp_path / "runs" / "api").is_dir()

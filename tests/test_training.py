@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +20,7 @@ from conftest import REPO
 from xclip_lightning.cli import main
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
-from xclip_lightning.lightning_module import XCLIPRetrieval
+from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint
 from xclip_lightning.metrics import retrieval_metrics
 
 WORDS, FRAMES = 32, 6
@@ -43,7 +45,7 @@ def datamodule(synthetic, **kwargs) -> VideoTextDataModule:
         num_workers=0,
         max_words=WORDS,
         max_frames=FRAMES,
-        cache_dir=str(cache),
+        cache_dir=None if cache is None else str(cache),
     )
     return VideoTextDataModule(**{**args, **kwargs})
 
@@ -213,3 +215,90 @@ def test_every_ablation_composes_with_the_msrvtt_config(ablation):
     for key, value in yaml.safe_load(ablation.read_text())["model"].items():
         assert parsed["model"][key] == value
     assert parsed["model"]["max_words"] == 32 and parsed["data"]["benchmark"] == "msrvtt"
+
+
+def full_sim(module: XCLIPRetrieval, dm: VideoTextDataModule, stage: str) -> torch.Tensor:
+    """The whole texts x videos matrix of a split, encoded and scored directly (no Lightning loop)."""
+    captions, videos = dm.val_dataloader() if stage == "val" else dm.test_dataloader()
+    with torch.no_grad():
+        text = [module.model.encode_text(b["input_ids"], b["word_mask"]) for b in captions]
+        video = [module.model.encode_video(b["frames"], b["frame_mask"]) for b in videos if b]
+        cat = [torch.cat(parts) for parts in zip(*text, strict=True)], [torch.cat(p) for p in zip(*video, strict=True)]
+        return module.model.score_matrix(type(text[0])(*cat[0]), type(video[0])(*cat[1]))
+
+
+def test_a_partial_evaluation_scores_what_it_saw(synthetic, tmp_path):
+    """One batch of 3 captions (video 0 twice, video 1 once) and 3 videos: the metrics are those of the 3 x 2
+    sub-matrix with the multi-caption protocol, and a warning gives the counts."""
+    module = model(synthetic)
+    dm = datamodule(synthetic, eval_batch_size=3)
+    with pytest.warns(RuntimeWarning, match=r"val metrics cover 3 of 10 captions and 2 of 5 videos"):
+        result = trainer(tmp_path, limit_val_batches=1).validate(module, dm, verbose=False)[0]
+    sim = full_sim(module, dm, "val")
+    expected = retrieval_metrics(sim[:3, :2], captions_per_video=[2, 1])
+    for direction in ("t2v", "v2t"):
+        for name, value in expected[direction].items():
+            assert result[f"val/{direction}_{name}"] == pytest.approx(value), (direction, name)
+
+
+def test_the_sanity_check_on_a_multi_caption_split_does_not_crash(synthetic, tmp_path):
+    module = model(synthetic)
+    run = trainer(tmp_path, max_steps=1, num_sanity_val_steps=1, limit_val_batches=0, enable_checkpointing=False)
+    run.fit(module, datamodule(synthetic, eval_batch_size=3))  # the sanity pass sees 3 captions, 3 videos
+    assert run.global_step == 1
+
+
+def test_on_the_fly_skipping_evaluates_without_the_bad_video(synthetic, tmp_path):
+    annotations, clip, _ = synthetic
+    data = tmp_path / "data"
+    shutil.copytree(annotations.parent, data)
+    lines = (data / "annotations.jsonl").read_text().splitlines()
+    broken = json.loads(lines[-1])["video"]  # the last test video
+    (data / broken).write_bytes(b"\x00" * 1000)
+    module = model(synthetic)
+    dm = datamodule((data / "annotations.jsonl", clip, None), cache_dir=None, bad_videos="skip")
+    with pytest.warns(RuntimeWarning, match=r"test metrics cover 8 of 10 captions and 4 of 5 videos"):
+        result = trainer(tmp_path).test(module, dm, verbose=False)[0]
+    expected = retrieval_metrics(full_sim(module, dm, "test")[:8], captions_per_video=[2] * 4)
+    assert result["test/t2v_R1"] == pytest.approx(expected["t2v"]["R1"])
+    assert result["test/v2t_MnR"] == pytest.approx(expected["v2t"]["MnR"])
+
+
+def test_a_checkpoint_stands_alone_without_clip_or_the_working_directory(tmp_path, monkeypatch):
+    """Trained from a *relative* CLIP folder, then the folder is deleted and the cwd changed: loading, export and
+    test still work (the checkpoint carries CLIP's config and tokenizer), with weights only, nothing pickled."""
+    from xclip_lightning import XCLIP
+    from xclip_lightning.tools import export
+
+    root = tmp_path / "train"
+    annotations = make_synthetic_dataset(root / "data", train=8, val=3, test=3, seed=7)
+    make_synthetic_clip(root / "clip", annotations)
+    monkeypatch.chdir(root)
+    module = XCLIPRetrieval("clip", max_words=WORDS, max_frames=FRAMES)
+    dm = datamodule((annotations, Path("clip"), root / "cache"))
+    trainer(tmp_path, max_steps=2, limit_val_batches=0, callbacks=[ModelCheckpoint(dirpath=root / "ckpt")]).fit(
+        module, dm
+    )
+    (ckpt,) = (root / "ckpt").glob("*.ckpt")
+    shutil.rmtree(root / "clip")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    restored = XCLIPRetrieval.load_from_checkpoint(ckpt)
+    for key, value in module.state_dict().items():
+        assert torch.equal(value, restored.state_dict()[key]), key
+    export(["--ckpt_path", str(ckpt), "--out", "exported"])
+    exported = XCLIP.from_pretrained("exported")
+    ids = exported.tokenize(["a red circle moves left"])
+    assert torch.equal(ids.input_ids, module.model.tokenize(["a red circle moves left"]).input_ids)
+    with torch.no_grad():
+        a = exported.encode_text(*ids).sentence
+        b = module.model.encode_text(*ids).sentence
+    assert torch.equal(a, b)
+    # test through the Trainer from the checkpoint, the data module using the checkpoint's tokenizer
+    test_dm = datamodule((annotations, Path("gone"), elsewhere / "cache"))
+    with clip_from_checkpoint(ckpt):
+        fresh = XCLIPRetrieval("gone", max_words=WORDS, max_frames=FRAMES)
+    result = trainer(tmp_path).test(fresh, test_dm, ckpt_path=str(ckpt), verbose=False)[0]
+    assert 0 <= result["test/t2v_R1"] <= 100

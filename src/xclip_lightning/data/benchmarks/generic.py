@@ -92,8 +92,9 @@ def _captions(item: dict[str, Any], path: Path, line: int | None, entry: str | N
     if isinstance(value, str) and keys[0] != CAPTION_LIST_KEY:
         value = [value]
     if not isinstance(value, list):
+        expected = "a list of strings" if keys[0] == CAPTION_LIST_KEY else "a string or a list of strings"
         raise AnnotationError(
-            path, f"{keys[0]!r} must be a list of strings, got {type(value).__name__}", line=line, entry=entry
+            path, f"{keys[0]!r} must be {expected}, got {type(value).__name__}", line=line, entry=entry
         )
     if not value:
         raise AnnotationError(path, f"{keys[0]!r} is an empty list: give at least one caption", line=line, entry=entry)
@@ -141,6 +142,8 @@ def _entries_of_split(annotations: Path, split: str) -> tuple[Path, list[_Entry]
     per_split_files = SPLIT_PLACEHOLDER in str(annotations)
     path = _split_file(annotations, split)
     entries = [_entry(item, path, line, entry) for line, entry, item in _objects(path)]
+    if not entries:
+        raise AnnotationError(path, f"no entries for split {split!r}: the file is empty")
     if per_split_files:
         for e in entries:
             if e.split is not None and e.split != split:
@@ -181,8 +184,6 @@ def read_generic(
     """Records of ``split`` (see the module docstring for the accepted files and keys)."""
     annotations, videos = Path(annotations), Path(videos)
     path, entries = _entries_of_split(annotations, split)
-    if not entries:
-        raise AnnotationError(path, f"no entries for split {split!r}: the file is empty")
     for e in entries:  # every path is checked, not only the first of each video
         _video_file(videos, e, path)
     grouped: dict[str, tuple[_Entry, list[str]]] = {}
