@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import CAPTIONS, REPO
 from miniatures import BUILDERS, Miniature
@@ -95,6 +96,8 @@ def test_fit_with_sanity_check_then_test_then_test_only_elsewhere(name, clip, tm
     fitted = last_metrics(work / "runs")
     assert "val/t2v_R1" in fitted and "train/loss" in fitted
 
+    main(["validate", *shrink(mini, work, clip), f"--ckpt_path={last}"])
+    assert last_metrics(work / "runs")["val/t2v_R1"] == pytest.approx(fitted["val/t2v_R1"])  # the same weights
     main(["test", *shrink(mini, work, clip), f"--ckpt_path={last}"])
     tested = last_metrics(work / "runs")
     assert 0 <= tested["test/t2v_R1"] <= 100
@@ -110,6 +113,9 @@ def test_fit_with_sanity_check_then_test_then_test_only_elsewhere(name, clip, tm
     elsewhere = last_metrics(fresh / "runs")
     for key in ("test/t2v_R1", "test/v2t_R1", "test/t2v_MnR"):
         assert elsewhere[key] == pytest.approx(tested[key]), key
+    main(["predict", *shrink(only_test, fresh, None), f"--ckpt_path={ckpt}"])
+    (videos,) = fresh.rglob("predictions/videos.rank0.safetensors")
+    assert len(load_file(videos)["video_index"]) == mini.expected["test"]
     cached = {p.stem.split(".")[0] for p in (fresh / "cache").rglob("*.json")}
     assert len(cached) <= len(set(mini.split_videos["test"]))  # only the test videos were decoded
 
