@@ -372,18 +372,22 @@ def rank_videos(
     candidates: int | None = DEFAULT_CANDIDATES,
     coarse: CoarseSearch | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """One query (``text`` of batch 1) against every video: (rows [k] best first, full X-CLIP scores [k]).
+    """One query (``text`` of batch 1) against every video: (rows [min(k, N)] best first, full X-CLIP scores).
 
-    Two stages: the coarse score picks ``candidates`` rows (with ``coarse``, or a torch matrix product), the full
-    score ranks them; ``candidates=None`` (or at least the number of videos) scores every video fully.
+    Two stages: the coarse score picks ``max(candidates, k)`` rows (with ``coarse``, or a torch matrix product),
+    the full score ranks them; ``candidates=None``, or a first stage that would keep every video, scores every
+    video fully. Each returned score is the full score of the returned row, whatever ``k`` and ``candidates``.
     """
+    if k < 1:
+        raise ValueError(f"k (the number of results) must be at least 1, got {k}")
     n = features.video.shape[0]
-    if candidates is None or candidates >= n:
+    k = min(k, n)
+    if candidates is None or max(candidates, k) >= n:
         rows = torch.arange(n, device=features.video.device)
     else:
         coarse = coarse or CoarseSearch(features.video, backend="torch")
         rows = coarse.topk(coarse_query(head, text), max(candidates, k))[0]
-    subset = VideoFeatures(*(x[rows] for x in features)) if len(rows) < n else features
+    subset = VideoFeatures(*(x[rows] for x in features))  # [len(rows),...], row i of subset is video rows[i]
     scores = head.score_matrix(text, subset, logit_scale)[0]
-    order = scores.argsort(descending=True)[:k]
+    order = scores.argsort(descending=True, stable=True)[:k]
     return rows[order], scores[order]

@@ -13,6 +13,20 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _at_least_zero(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (score every video) or more, got {value}")
+    return value
+
+
 def export(argv: Sequence[str]) -> None:
     """A Lightning checkpoint -> a folder loadable by ``XCLIP.from_pretrained`` (safetensors, configs, tokenizer)."""
     parser = argparse.ArgumentParser(prog="xclip-lightning export", description=export.__doc__)
@@ -51,8 +65,10 @@ def search(argv: Sequence[str]) -> None:
     parser = argparse.ArgumentParser(prog="xclip-lightning search", description=search.__doc__)
     parser.add_argument("queries", nargs="+", help="one or more text queries")
     parser.add_argument("--index", required=True, help="folder written by xclip-lightning index")
-    parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--candidates", type=int, default=200, help="re-scored per query; 0 = score every video")
+    parser.add_argument("--top-k", type=_positive, default=10, help="results per query (default 10)")
+    parser.add_argument(
+        "--candidates", type=_at_least_zero, default=200, help="re-scored per query; 0 = score every video"
+    )
     parser.add_argument("--model", help="model folder (default: the one recorded in the index)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--html", help="also write an HTML page with the sampled frames of each result")
