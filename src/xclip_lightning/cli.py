@@ -59,8 +59,10 @@ class XCLIPCLI(LightningCLI):
         )
 
     def instantiate_classes(self) -> None:
-        ckpt_path = self.config[self.subcommand].get("ckpt_path") if self.subcommand else None
-        with clip_from_checkpoint(ckpt_path):
+        config = self.config[self.subcommand] if self.subcommand else {}
+        if config.get("weights_only") is None and "weights_only" in config:
+            config["weights_only"] = True  # never run pickled code from a checkpoint, whatever torch's default
+        with clip_from_checkpoint(config.get("ckpt_path")):
             super().instantiate_classes()
 
 

@@ -29,7 +29,7 @@ from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, first_of_each
 from xclip_lightning.model.head import DEFAULT_BLOCK_ELEMENTS, TextFeatures, VideoFeatures
 from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggregation, Contrast
-from xclip_lightning.model.xclip import XCLIP
+from xclip_lightning.model.xclip import XCLIP, tensors_sha256
 
 # Official optimisation (xclip-spec.md §9): lr 1e-4, CLIP at lr x 1e-3, AdamW-style decoupled decay 0.2,
 # betas (0.9, 0.98), eps 1e-6, 10% linear warmup then 0.5 (1 + cos(pi p)) of the *total* progress p.
@@ -51,7 +51,17 @@ FROZEN_CLIP_PARAMETERS = (
 
 
 CLIP_SPEC_KEY = "xclip_clip_spec"  # CLIP's config + tokenizer files in every checkpoint (XCLIP.clip_spec)
+CHECKSUM_KEY = "xclip_tensors_sha256"  # SHA-256 of every tensor of the checkpoint (weights, optimizer states)
+
+
+class CorruptCheckpointError(RuntimeError):
+    """A checkpoint whose tensors do not match the checksum written when it was saved."""
+
+
+def checkpoint_checksum(checkpoint: dict[str, Any]) -> str:
+    return tensors_sha256({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY})
 _CLIP_SPEC: ContextVar[dict[str, Any] | None] = ContextVar("xclip_clip_spec", default=None)
+_LOADING: ContextVar[str | None] = ContextVar("xclip_loading_checkpoint", default=None)  # for error messages
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -154,13 +164,29 @@ class XCLIPRetrieval(L.LightningModule):
         """Lightning's ``load_from_checkpoint``, needing neither the original CLIP folder nor its working directory
         (the checkpoint carries CLIP's config and tokenizer); nothing pickled is executed."""
         kwargs.setdefault("weights_only", True)
-        with clip_from_checkpoint(checkpoint_path):
-            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        token = _LOADING.set(str(checkpoint_path))
+        try:
+            with clip_from_checkpoint(checkpoint_path):
+                return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _LOADING.reset(token)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds CLIP's config and tokenizer, and the checksum of every tensor (weights and optimizer states)."""
         if self._clip_spec is None:  # the config and tokenizer never change during a run: build it once
             self._clip_spec = self.model.clip_spec()
         checkpoint[CLIP_SPEC_KEY] = self._clip_spec
+        checkpoint[CHECKSUM_KEY] = checkpoint_checksum(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses a checkpoint whose tensors changed since they were saved (a bit flip on disk, an edit)."""
+        expected = checkpoint.get(CHECKSUM_KEY)
+        if expected is not None and checkpoint_checksum(checkpoint) != expected:
+            path = _LOADING.get() or (self._trainer.ckpt_path if self._trainer is not None else None) or "checkpoint"
+            raise CorruptCheckpointError(
+                f"{path}: its tensors do not match the checksum written when it was saved (corrupted on disk, or "
+                f"edited): load a good copy, e.g. another checkpoint of the run"
+            )
 
     # ---- training -----------------------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from xclip_lightning.data.benchmarks.common import VIDEO_EXTENSIONS
 from xclip_lightning.data.dataset import pad_frames, worker_init
 from xclip_lightning.data.frame_cache import SamplerSettings, VideoSource, decode_video
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
-from xclip_lightning.model.xclip import XCLIP
+from xclip_lightning.model.xclip import XCLIP, update_with_tensors
 
 INDEX_VERSION = 1
 MANIFEST, FEATURES, THUMBS = "manifest.json", "features.safetensors", "thumbs"
@@ -78,10 +78,7 @@ class SearchHit:
 def model_fingerprint(model: XCLIP) -> str:
     """SHA-256 over the head configuration and every weight: an index is only valid for this exact model."""
     digest = hashlib.sha256(json.dumps(model.head.config(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return update_with_tensors(digest, model.state_dict()).hexdigest()
 
 
 def file_sha256(path: Path) -> str:

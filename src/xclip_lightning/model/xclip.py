@@ -7,6 +7,7 @@ download.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -26,6 +27,27 @@ from xclip_lightning.model.temporal import init_from_clip_text
 WEIGHTS_FILE = "model.safetensors"
 XCLIP_CONFIG_FILE = "xclip_config.json"
 FORMAT_VERSION = 1
+
+
+def update_with_tensors(digest: Any, value: Any, name: str = "") -> Any:
+    """Feed every tensor inside ``value`` (nested dicts, lists, tuples) to ``digest``: names, dtypes, shapes and
+    the raw bytes, in a fixed order. Values that are not tensors are skipped."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        for key in sorted(value, key=str):
+            update_with_tensors(digest, value[key], f"{name}/{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            update_with_tensors(digest, item, f"{name}/{i}")
+    return digest
+
+
+def tensors_sha256(value: Any) -> str:
+    """SHA-256 of every tensor inside ``value`` (see ``update_with_tensors``)."""
+    return update_with_tensors(hashlib.sha256(), value).hexdigest()
 
 
 def tokenizer_from_files(files: dict[str, str]) -> PreTrainedTokenizerBase:
