@@ -67,8 +67,11 @@ class CachedFrames(NamedTuple):
 
 def decode_video(source: VideoSource, settings: SamplerSettings) -> CachedFrames:
     """Sample, resize and crop one video (no cache): the on-the-fly path and the cache's worker."""
-    sampled = sample_frames(source.path, settings.fps, settings.max_frames, settings.mode, source.end_time)
-    return CachedFrames(resize_crop(settings.image_size)(sampled.frames), sampled.timestamps)
+    resize = resize_crop(settings.image_size)  # per frame, as it is decoded: memory stays that of S x S frames
+    sampled = sample_frames(
+        source.path, settings.fps, settings.max_frames, settings.mode, source.end_time, transform=resize
+    )
+    return CachedFrames(sampled.frames, sampled.timestamps)
 
 
 @functools.lru_cache(maxsize=1 << 20)

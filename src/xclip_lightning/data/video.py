@@ -22,7 +22,7 @@ import itertools
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 SamplingMode = Literal["timestamp", "official"]
+FrameTransform = Callable[[Tensor], Tensor]  # uint8 [3,H,W] -> uint8 [3,S,S], applied to each frame as it is taken
 NO_PTS_FORMATS = {"avi"}  # pts derived from decode order (MPEG-4 packed B-frames): frames don't map 1:1 to packets
 REORDER_WINDOW = 64  # frames held to restore presentation order (AVI / B-frame decode order is only locally off)
 
@@ -71,16 +72,29 @@ def _open(path: str | os.PathLike) -> av.container.InputContainer:
         raise VideoDecodeError(path, f"not a readable video container ({type(err).__name__}: {err})") from err
 
 
+class _CorruptPacket(Exception):
+    """A packet failed to decode while frames were held: the pass restarts, converting each frame as it comes."""
+
+
 def _presentation_order(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: str | os.PathLike
-) -> Iterator[tuple[int, av.VideoFrame]]:
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    path: str | os.PathLike,
+    convert: Callable[[av.VideoFrame], Tensor] | None = None,
+) -> Iterator[tuple[int, av.VideoFrame | Tensor]]:
     """Yield (pts in ``stream.time_base`` ticks, frame) in increasing presentation time.
 
     Packets are decoded one by one, so a corrupt packet costs only its own frames; failures are counted and
     reported once. Frames are reordered through a small heap (decode order is only locally out of order). A stream
     without pts (raw .h264) gets ticks from the frame count and the nominal rate.
+
+    Holding decoded frames is free on a sound stream, but once a packet fails, the decoder's error concealment
+    depends on which of its buffers the caller still holds (measured on ../shared/videos/decord_corrupted.mp4:
+    frames held while decoding went on came out with a band of undecoded macroblocks; frames converted at once
+    are whole). So without ``convert`` a failed packet raises ``_CorruptPacket``; with it, each frame is
+    converted to a tensor the moment it comes out and no frame is held.
     """
-    heap: list[tuple[int, int, av.VideoFrame]] = []
+    heap: list[tuple[int, int, av.VideoFrame | Tensor]] = []
     counter = itertools.count()
     failed = 0
     rate = Fraction(stream.average_rate or stream.guessed_rate or 25)
@@ -96,24 +110,28 @@ def _presentation_order(
         try:
             frames = packet.decode()
         except av.error.FFmpegError:
+            if convert is None:
+                raise _CorruptPacket from None
             failed += 1
             continue
         for frame in frames:
             ticks = frame.pts if frame.pts is not None else decoded * step_ticks
             decoded += 1
-            heapq.heappush(heap, (ticks, next(counter), frame))
+            heapq.heappush(heap, (ticks, next(counter), frame if convert is None else convert(frame)))
         yield from flush(REORDER_WINDOW)
     yield from flush(0)
     if failed:
         warnings.warn(f"{path}: {failed} packet(s) failed to decode and were skipped", RuntimeWarning, stacklevel=3)
 
 
-def _to_tensor(frame: av.VideoFrame) -> Tensor:
-    """RGB uint8 [3,H,W], full-range aware, rotated upright by the display matrix."""
+def _to_tensor(frame: av.VideoFrame, transform: FrameTransform | None = None) -> Tensor:
+    """RGB uint8 [3,H,W], full-range aware, rotated upright by the display matrix, then ``transform``-ed."""
     rgb = frame.reformat(format="rgb24", src_color_range=frame.color_range or None, threads=1).to_ndarray()
     image = torch.from_numpy(rgb).permute(2, 0, 1)
     quarter_turns = round(frame.rotation / 90) % 4  # counter-clockwise, as FFmpeg's av_display_rotation_get
-    return torch.rot90(image, k=quarter_turns, dims=(1, 2)).contiguous() if quarter_turns else image
+    if quarter_turns:
+        image = torch.rot90(image, k=quarter_turns, dims=(1, 2)).contiguous()
+    return image if transform is None else transform(image)
 
 
 class _UntrustedPlan(Exception):
@@ -172,24 +190,41 @@ class _Picker:
 
 
 def _sequential(
-    path: str | os.PathLike, fps: float, max_frames: int, mode: SamplingMode, end_time: float | None
+    path: str | os.PathLike,
+    fps: float,
+    max_frames: int,
+    mode: SamplingMode,
+    end_time: float | None,
+    transform: FrameTransform | None = None,
 ) -> list[tuple[Fraction, Tensor]]:
-    """Decode every frame in order (per-packet error capture), convert the picked ones, then apply linspace."""
-    container = _open(path)
-    try:
-        stream = _video_stream(container, path)
-        picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time, stream.time_base)
-        picked: list[tuple[Fraction, Tensor]] = []
-        for pts, frame in _presentation_order(container, stream, path):
-            if picker.accept(pts):
-                picked.append((picker.seconds(pts), _to_tensor(frame)))
-            elif picker.done:
-                break
-        return [picked[i] for i in linspace_indices(len(picked), max_frames)]
-    except av.error.FFmpegError as err:
-        raise VideoDecodeError(path, f"{type(err).__name__}: {err}") from err
-    finally:
-        container.close()
+    """Decode every frame in order (per-packet error capture), convert the picked ones, then apply linspace.
+
+    A file with a corrupt packet is decoded a second time, converting every frame as it comes out (see
+    ``_presentation_order``): its frames are then those of one decoder fed every packet that decodes.
+    """
+
+    def convert(frame: av.VideoFrame) -> Tensor:
+        return _to_tensor(frame, transform)
+
+    for eager in (False, True):
+        container = _open(path)
+        try:
+            stream = _video_stream(container, path)
+            picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time, stream.time_base)
+            picked: list[tuple[Fraction, Tensor]] = []
+            for pts, frame in _presentation_order(container, stream, path, convert if eager else None):
+                if picker.accept(pts):
+                    picked.append((picker.seconds(pts), frame if isinstance(frame, Tensor) else convert(frame)))
+                elif picker.done:
+                    break
+            return [picked[i] for i in linspace_indices(len(picked), max_frames)]
+        except _CorruptPacket:
+            continue
+        except av.error.FFmpegError as err:
+            raise VideoDecodeError(path, f"{type(err).__name__}: {err}") from err
+        finally:
+            container.close()
+    raise AssertionError("unreachable: the eager pass never raises _CorruptPacket")
 
 
 def _video_stream(container: av.container.InputContainer, path: str | os.PathLike) -> av.video.stream.VideoStream:
@@ -204,7 +239,12 @@ def _video_stream(container: av.container.InputContainer, path: str | os.PathLik
 
 
 def _planned(
-    path: str | os.PathLike, fps: float, max_frames: int, mode: SamplingMode, end_time: float | None
+    path: str | os.PathLike,
+    fps: float,
+    max_frames: int,
+    mode: SamplingMode,
+    end_time: float | None,
+    transform: FrameTransform | None = None,
 ) -> list[tuple[Fraction, Tensor]] | None:
     """The fast exact path: demux once, pick the target frames from the packets' pts, decode only the GOP
     segments that lead to a target (non-reference frames away from targets skipped), convert only the targets.
@@ -235,8 +275,10 @@ def _planned(
         needed = [False] * len(packets)
         keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
         for target in targets:
-            first = max(k for k in keyframes if k <= target and pts[k] <= pts[target])
-            needed[first : target + 1] = [True] * (target + 1 - first)
+            starts = [k for k in keyframes if k <= target and pts[k] <= pts[target]]
+            if not starts:  # e.g. an open-GOP cut: leading frames that reference a GOP the file does not have
+                return None
+            needed[starts[-1] : target + 1] = [True] * (target + 1 - starts[-1])
         wanted_pts = {pts[i] for i in targets}
         context = stream.codec_context
         got: dict[int, av.VideoFrame] = {}
@@ -266,7 +308,7 @@ def _planned(
         collect(context.decode(None))
         if len(got) != len(targets):
             return None
-        return [(picker.seconds(t), _to_tensor(got[t])) for t in sorted(got)]
+        return [(picker.seconds(t), _to_tensor(got[t], transform)) for t in sorted(got)]
     except (av.error.FFmpegError, _UntrustedPlan):
         return None  # a corrupt packet or unreliable pts: the sequential path decodes around it and reports it
     finally:
@@ -279,12 +321,15 @@ def sample_frames(
     max_frames: int = 12,
     mode: SamplingMode = "timestamp",
     end_time: float | None = None,
+    transform: FrameTransform | None = None,
 ) -> SampledFrames:
     """Sample ``fps`` frames per second (at most ``max_frames``, uniformly subsampled) from a video file.
 
     ``end_time`` keeps only frames before that many seconds from the first frame (DiDeMo: 32). The fast path
     decodes only what the chosen frames need; when its plan cannot be trusted (no pts, a corrupt packet, a stream
-    that starts mid-GOP) every frame is decoded in order instead. Both give the same frames.
+    that starts mid-GOP, any failure of its own) every frame is decoded in order instead. Both give the same frames.
+    ``transform`` is applied to each frame as it is taken (e.g. a resize: memory then never holds ``max_frames``
+    full-size frames of a 4K video).
 
     Raises ``FileNotFoundError`` for a missing file and ``VideoDecodeError`` when nothing decodes (empty, garbage,
     no video stream, audio only).
@@ -293,9 +338,14 @@ def sample_frames(
         raise ValueError(f"need fps > 0 and max_frames >= 1, got fps={fps}, max_frames={max_frames}")
     if mode not in ("timestamp", "official"):
         raise ValueError(f"unknown sampling mode {mode!r}; expected 'timestamp' or 'official'")
-    picked = _planned(path, fps, max_frames, mode, end_time)
+    try:
+        picked = _planned(path, fps, max_frames, mode, end_time, transform)
+    except (FileNotFoundError, VideoDecodeError):
+        raise  # the file itself is missing or unreadable: decoding it in order cannot help
+    except Exception:  # the plan's own failure: the verified path decides
+        picked = None
     if picked is None:
-        picked = _sequential(path, fps, max_frames, mode, end_time)
+        picked = _sequential(path, fps, max_frames, mode, end_time, transform)
     if not picked:
         raise VideoDecodeError(path, "no frame could be decoded")
     frames = torch.stack([frame for _, frame in picked])
