@@ -60,6 +60,8 @@ class CorruptCheckpointError(RuntimeError):
 
 def checkpoint_checksum(checkpoint: dict[str, Any]) -> str:
     return tensors_sha256({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY})
+
+
 _CLIP_SPEC: ContextVar[dict[str, Any] | None] = ContextVar("xclip_clip_spec", default=None)
 _LOADING: ContextVar[str | None] = ContextVar("xclip_loading_checkpoint", default=None)  # for error messages
 

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from xclip_lightning.data.frame_cache import FrameCache, SamplerSettings, VideoSource, _entry_name, decode_video
+from xclip_lightning.data.frame_cache import (
+    FrameCache,
+    FrameCacheError,
+    SamplerSettings,
+    VideoSource,
+    _entry_name,
+    decode_video,
+)
 from xclip_lightning.data.synthetic import make_synthetic_dataset
 
 SETTINGS = SamplerSettings(fps=1.0, max_frames=4, image_size=32)
@@ -86,5 +93,5 @@ def test_a_video_that_turns_bad_loses_its_old_frames(tmp_path, sources):
     os.utime(copy, ns=(2, 2))
     failures = cache.build([VideoSource(copy)], workers=1, progress=False)
     assert list(failures) == [copy] and VideoSource(copy) not in cache
-    with pytest.raises(KeyError):
+    with pytest.raises(FrameCacheError, match=r"was_good.*cannot be read.*run prepare_data\(\) again"):
         cache.frames_array(VideoSource(copy))  # the frames of the earlier, good file are gone

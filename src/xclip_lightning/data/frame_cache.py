@@ -4,13 +4,16 @@ The official pipeline has no augmentation, so the frames a video gives never cha
 every video in a process pool (with a progress bar) and ``FrameCache.load`` memory-maps the result. The store is
 keyed by the sampler settings, so changing fps, max_frames, mode or the image size builds a new one:
 
-    <root>/fps1-frames12-timestamp-224px-v1/
+    <root>/fps1-frames12-timestamp-224px-v2/
         <entry>.npy    uint8 [T,3,S,S], the T valid frames of one video (no padding)
-        <entry>.json   written last: timestamps [T], source path, size, mtime. An entry is readable only once
-                       this file exists; both are written to a temporary name and renamed (atomic)
+        <entry>.json   written last: timestamps [T], source path, size, mtime, and the .npy's byte size. An entry
+                       is readable only once this file exists; both are written to a temporary name and renamed
         <entry>.error  a video that gave no frame: its reason (reported, never cached as zeros)
 
-An interrupted build resumes where it stopped; an entry whose source file changed (size or mtime) is rebuilt.
+An interrupted build resumes where it stopped; an entry whose source file changed (size or mtime), or whose
+``.npy`` is missing or not the size its metadata records (truncated, deleted, replaced), is rebuilt. Temporary
+files of a killed build are removed by the next one. Worker processes exit when their parent dies, and an
+interrupt (Ctrl-C) stops the build at once, keeping the finished entries.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ import json
 import multiprocessing
 import os
 import re
+import threading
+import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -36,7 +40,12 @@ from tqdm.auto import tqdm
 from xclip_lightning.data.transforms import resize_crop
 from xclip_lightning.data.video import SamplingMode, sample_frames
 
-CACHE_VERSION = 1  # bump when the stored layout or the sampler's output changes
+CACHE_VERSION = 2  # bump when the stored layout or the sampler's output changes (2: .npy size in the metadata)
+PARENT_CHECK_SECONDS = 1.0  # how often a cache worker checks that its parent is alive
+
+
+class FrameCacheError(RuntimeError):
+    """A cache entry that cannot be read: names the file and how to repair it."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,40 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_stale_temporaries(folder: Path) -> int:
+    """Delete ``.<name>.<pid>.tmp`` files whose writer is no longer running (a killed build); returns the count."""
+    removed = 0
+    for tmp in folder.glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _worker_init(parent: int) -> None:
+    """Cache workers: one thread each, and exit as soon as the parent is gone (killed, or crashed): an orphaned
+    pool worker would otherwise wait on its task queue forever, holding its memory."""
+    torch.set_num_threads(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -101,7 +144,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 def _build_entry(source: VideoSource, settings: SamplerSettings, folder: Path) -> str | None:
     """Worker: decode one video into its entry; returns the failure reason, or None on success."""
-    torch.set_num_threads(1)
     name = _entry_name(source)
     meta = {"source": str(source.path), "end_time": source.end_time, **_fingerprint(source.path)}
     try:
@@ -112,8 +154,10 @@ def _build_entry(source: VideoSource, settings: SamplerSettings, folder: Path) -
             (folder / stale).unlink(missing_ok=True)
         _write_atomic(folder / f"{name}.error", json.dumps({**meta, "reason": reason}).encode())
         return reason
-    _write_atomic(folder / f"{name}.npy", _npy_bytes(frames.numpy()))
-    _write_atomic(folder / f"{name}.json", json.dumps({**meta, "timestamps": timestamps.tolist()}).encode())
+    npy = _npy_bytes(frames.numpy())
+    _write_atomic(folder / f"{name}.npy", npy)
+    meta.update(timestamps=timestamps.tolist(), npy_bytes=len(npy))
+    _write_atomic(folder / f"{name}.json", json.dumps(meta).encode())
     (folder / f"{name}.error").unlink(missing_ok=True)
     return None
 
@@ -126,12 +170,17 @@ class FrameCache:
         self.folder = Path(root) / settings.key
 
     def _is_current(self, source: VideoSource, suffix: str) -> bool:
-        meta_path = self.folder / f"{_entry_name(source)}{suffix}"
+        """The entry (``.json``: frames, ``.error``: a failure) exists for this version of the source file, and for
+        frames, the ``.npy`` has the size its metadata records (one stat: truncated or deleted files are caught)."""
+        name = _entry_name(source)
+        meta_path = self.folder / f"{name}{suffix}"
         if not meta_path.is_file():
             return False
         try:
             meta = json.loads(meta_path.read_text())
-            return {k: meta[k] for k in ("size", "mtime_ns")} == _fingerprint(source.path)
+            if {k: meta[k] for k in ("size", "mtime_ns")} != _fingerprint(source.path):
+                return False
+            return suffix != ".json" or (self.folder / f"{name}.npy").stat().st_size == meta["npy_bytes"]
         except (OSError, ValueError, KeyError):
             return False
 
@@ -147,34 +196,44 @@ class FrameCache:
     def build(self, sources: Sequence[VideoSource], workers: int = 4, progress: bool = True) -> dict[Path, str]:
         """Decode every source not yet cached (or changed since); returns the failures, path -> reason."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(self.folder)
         todo = [
             s for s in dict.fromkeys(sources) if not self._is_current(s, ".json") and not self._is_current(s, ".error")
         ]
         if not todo:
             return self.failures(sources)
+        build = functools.partial(_build_entry, settings=self.settings, folder=self.folder)
         with tqdm(total=len(todo), desc=f"decoding into {self.folder}", unit="video", disable=not progress) as bar:
             if workers <= 1:
                 for source in todo:
-                    _build_entry(source, self.settings, self.folder)
+                    build(source)
                     bar.update()
             else:  # fork is cheap; spawn once CUDA is up (a forked CUDA context is unusable)
                 context = multiprocessing.get_context("spawn" if torch.cuda.is_initialized() else None)
-                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                    futures = [pool.submit(_build_entry, source, self.settings, self.folder) for source in todo]
-                    for future in as_completed(futures):
-                        future.result()
+                pool = context.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+                try:
+                    for _ in pool.imap_unordered(build, todo):
                         bar.update()
+                    pool.close()
+                finally:
+                    pool.terminate()  # on Ctrl-C or an error: stop now; finished entries are complete on disk
+                    pool.join()
         return self.failures(sources)
 
     def __contains__(self, source: VideoSource) -> bool:
-        return (self.folder / f"{_entry_name(source)}.json").is_file()
+        """A complete, current entry of frames (see ``_is_current``)."""
+        return self._is_current(source, ".json")
 
     def frames_array(self, source: VideoSource) -> np.ndarray:
         """The cached uint8 [T,3,S,S] frames of one video, memory-mapped (read-only): the DataLoader's hot path."""
+        path = self.folder / f"{_entry_name(source)}.npy"
         try:
-            return np.load(self.folder / f"{_entry_name(source)}.npy", mmap_mode="r")
-        except FileNotFoundError:
-            raise KeyError(f"{source.path} is not in the frame cache {self.folder}: run prepare_data()") from None
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as err:  # deleted, truncated or overwritten since prepare_data checked it
+            raise FrameCacheError(
+                f"{path} (frames of {source.path}) cannot be read ({type(err).__name__}: {err}): run prepare_data() "
+                f"again (Trainer.fit / test do), which rebuilds broken entries"
+            ) from err
 
     def load(self, source: VideoSource) -> CachedFrames:
         """The cached frames of one video (memory-mapped, then copied into a tensor)."""
