@@ -98,11 +98,11 @@ def test_wrong_model_corrupt_features_and_other_settings_are_refused(setup, tmp_
         VideoIndex.load(tmp_path / "index", model=other)
     with pytest.raises(VideoIndexError, match="built with SamplerSettings"):
         VideoIndex.build(model_dir, videos, tmp_path / "index", fps=2.0, workers=0, progress=False)
-    features = tmp_path / "index" / "features.safetensors"
-    data = bytearray(features.read_bytes())
+    (shard,) = (tmp_path / "index" / "shards").glob("*.safetensors")
+    data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF
-    features.write_bytes(bytes(data))
-    with pytest.raises(VideoIndexError, match="checksum"):
+    shard.write_bytes(bytes(data))
+    with pytest.raises(VideoIndexError, match=r"does not match its checksum .*Repair: run `xclip-lightning index"):
         VideoIndex.load(tmp_path / "index")
 
 

@@ -4,10 +4,11 @@
     index = VideoIndex.load("my_index/")                      # the model comes back from the index's manifest
     hits = index.search(["a dog catches a frisbee"], k=10)    # [[SearchHit(path, score, best_frame, ...), ...]]
 
-An index folder holds ``features.safetensors`` (video [N,D], frames [N,T,D], frame_mask [N,T]: the model's
-normalised ``VideoFeatures``), ``manifest.json`` (one entry per video: path, size, mtime, duration, the timestamps
-of the sampled frames; the failures with their reasons; the model's fingerprint, the sampler settings and the
-features' SHA-256) and ``thumbs/`` (one JPEG strip of the sampled frames per video, for the HTML report).
+The index folder (``index_store.py``) holds immutable feature shards (the model's normalised ``VideoFeatures``),
+one JPEG strip of the sampled frames per video, and ``manifest.json``, which publishes a complete version in one
+atomic rename. Building streams features to disk a shard at a time (memory stays flat in the collection size),
+publishes every ``flush_every`` videos or ``FLUSH_SECONDS`` (a killed build keeps what it finished and resumes),
+holds a lock (a second writer stops with a message), and repairs what no longer agrees with the manifest.
 
 Ranking: the coarse video-sentence score (one matrix product over every video, or an exact FAISS inner-product
 index when faiss is installed) picks ``candidates`` videos per query, which are then re-scored with the full
@@ -20,16 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import av
 import torch
-from safetensors.torch import load_file, save_file
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import encode_jpeg
 from torchvision.transforms.v2.functional import resize
@@ -38,23 +36,42 @@ from tqdm.auto import tqdm
 from xclip_lightning.data.benchmarks.common import VIDEO_EXTENSIONS
 from xclip_lightning.data.dataset import pad_frames, worker_init
 from xclip_lightning.data.frame_cache import SamplerSettings, VideoSource, decode_video
-from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
+from xclip_lightning.index_store import (
+    FEATURE_KEYS,
+    INDEX_VERSION,
+    MANIFEST,
+    THUMBS,
+    IndexWriter,
+    VideoIndexError,
+    check,
+    entry_id,
+    load_features,
+    read_manifest,
+    writer_lock,
+)
+from xclip_lightning.model.head import TextFeatures, VideoFeatures
 from xclip_lightning.model.xclip import XCLIP, update_with_tensors
+from xclip_lightning.ranking import DEFAULT_CANDIDATES, CoarseBackend, CoarseSearch, coarse_query, rank_videos
 
-INDEX_VERSION = 1
-MANIFEST, FEATURES, THUMBS = "manifest.json", "features.safetensors", "thumbs"
+__all__ = [
+    "MANIFEST",
+    "THUMBS",
+    "CoarseSearch",
+    "IndexEntry",
+    "SearchHit",
+    "VideoIndex",
+    "VideoIndexError",
+    "coarse_query",
+    "rank_videos",
+]
+
 THUMB_HEIGHT = 64  # pixels of the thumbnail strip
-DEFAULT_CANDIDATES = 200  # videos re-scored with the full X-CLIP score per query (bench/search.py)
-CoarseBackend = Literal["auto", "torch", "faiss"]
-
-
-class VideoIndexError(ValueError):
-    """An index that cannot be used: built by another model or sampler setting, corrupt, or missing files."""
+FLUSH_EVERY = 2048  # videos per shard
 
 
 @dataclass
 class IndexEntry:
-    """One indexed video: where it is, which version of the file, and which frames were sampled."""
+    """One indexed video: where it is, which version of the file, which frames were sampled, where its row is."""
 
     path: str
     size: int
@@ -62,6 +79,9 @@ class IndexEntry:
     duration: float | None
     timestamps: list[float]
     thumbnail: str  # file under thumbs/
+    id: str = ""  # entry_id(path, size, mtime_ns): stored beside the feature row, checked on load
+    shard: str = ""
+    row: int = -1
 
 
 @dataclass
@@ -81,16 +101,12 @@ def model_fingerprint(model: XCLIP) -> str:
     return update_with_tensors(digest, model.state_dict()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def list_videos(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+def list_videos(folder: Path) -> tuple[list[Path], list[str]]:
+    """Video files under ``folder`` (recursively, sorted) and the subfolders that could not be read."""
+    found, unreadable = [], []
+    for root, _, files in os.walk(folder, onerror=lambda err: unreadable.append(f"{err.filename}: {err.strerror}")):
+        found.extend(Path(root) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
+    return sorted(found), unreadable
 
 
 def _duration(path: Path) -> float | None:
@@ -118,7 +134,39 @@ class _Decode(Dataset):
             return {"index": i, "error": f"{type(err).__name__}: {err}"}
         strip = resize(frames, [THUMB_HEIGHT, THUMB_HEIGHT], antialias=True)  # [T,3,h,h]
         strip = torch.cat(list(strip), dim=2)  # [3,h,T*h]
-        return {"index": i, "frames": frames, "timestamps": timestamps, "jpeg": encode_jpeg(strip, quality=85)}
+        return {
+            "index": i,
+            "frames": frames,
+            "timestamps": timestamps,
+            "duration": _duration(path),
+            "jpeg": encode_jpeg(strip, quality=85),
+        }
+
+
+def _previous_version(
+    folder: Path, fingerprint: str, settings: SamplerSettings
+) -> tuple[list[dict[str, Any]], dict, list[str], str | None]:
+    """(entries that agree with their rows, their shards, the problems found, model_dir) of the published version.
+
+    A build repairs: what does not agree (a swapped, edited or deleted entry, a corrupt shard) is left out here,
+    and its video is encoded again.
+    """
+    if not (folder / MANIFEST).is_file():
+        return [], {}, [], None
+    manifest = read_manifest(folder)
+    if manifest["model_fingerprint"] != fingerprint:
+        raise VideoIndexError(
+            f"{folder} was built by another model (weight fingerprint differs): its features are not comparable "
+            f"with this model's text features. Choose another --out, or delete the index to rebuild it"
+        )
+    if SamplerSettings(**manifest["sampler"]) != settings:
+        raise VideoIndexError(
+            f"{folder} was built with {SamplerSettings(**manifest['sampler'])}, not {settings}: delete it or choose "
+            f"another --out"
+        )
+    entries, problems = check(folder, manifest)
+    shards = {e["shard"]: manifest["shards"][e["shard"]] for e in entries}
+    return entries, shards, problems, manifest.get("model_dir")
 
 
 class VideoIndex:
@@ -129,16 +177,27 @@ class VideoIndex:
         model: XCLIP,
         settings: SamplerSettings,
         entries: list[IndexEntry],
-        features: VideoFeatures,
         failures: dict[str, str],
-        folder: Path | None = None,
+        folder: Path,
         model_dir: str | None = None,
+        features: VideoFeatures | None = None,
     ) -> None:
-        self.model, self.settings, self.entries, self.features = model, settings, entries, features
+        self.model, self.settings, self.entries = model, settings, entries
         self.failures, self.folder, self.model_dir = failures, folder, model_dir
+        self._features = features
         self.encoded = 0  # videos decoded and encoded by the build that made this object (0 when loaded)
+        self.repaired: list[str] = []  # what the build found out of agreement with the manifest, and redid
+        self.unreadable: list[str] = []  # subfolders the build could not list
         self.coarse_backend: CoarseBackend = "auto"
         self._coarse: CoarseSearch | None = None
+
+    @property
+    def features(self) -> VideoFeatures:
+        """All feature rows, in entry order (read from the shards on first use: a build does not load them)."""
+        if self._features is None:
+            tensors = load_features(self.folder, [asdict(e) for e in self.entries])
+            self._features = VideoFeatures(*(tensors[k] for k in FEATURE_KEYS))
+        return self._features
 
     # ---- building ----------------------------------------------------------------------------------------------
 
@@ -152,106 +211,35 @@ class VideoIndex:
         batch_size: int = 8,
         workers: int = 2,
         progress: bool = True,
+        flush_every: int = FLUSH_EVERY,
     ) -> VideoIndex:
         """Index every video under ``videos`` (recursively) into ``out``; an existing index there is updated:
-        only new or changed files are encoded, files that disappeared are dropped."""
+        only new or changed files are encoded, files that disappeared are dropped, entries that no longer agree
+        with their feature rows are encoded again. Another build into ``out`` at the same time is refused."""
         model_dir = str(model) if not isinstance(model, XCLIP) else None
-        model = XCLIP.from_pretrained(model) if model_dir is not None else model
-        model.eval()
+        model = (XCLIP.from_pretrained(model) if model_dir is not None else model).eval()
         settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
         out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
         fingerprint = model_fingerprint(model)
-        old = cls.load(out, model=model, fingerprint=fingerprint) if (out / MANIFEST).is_file() else None
-        if old is not None and old.settings != settings:
-            raise VideoIndexError(
-                f"{out} was built with {old.settings}, not {settings}: delete it or choose another --out"
-            )
-        paths = list_videos(videos)
-        known = {e.path: i for i, e in enumerate(old.entries)} if old else {}
-        keep, todo = [], []
-        for path in paths:
-            stat = path.stat()
-            row = known.get(str(path))
-            if row is not None and (old.entries[row].size, old.entries[row].mtime_ns) == (
-                stat.st_size,
-                stat.st_mtime_ns,
-            ):
-                keep.append(row)
-            else:
-                todo.append(path)
-        (out / THUMBS).mkdir(parents=True, exist_ok=True)
-        entries = [old.entries[r] for r in keep] if old else []
-        parts = [VideoFeatures(*(x[keep] for x in old.features))] if old and keep else []
-        failures: dict[str, str] = {}
-        loader = DataLoader(
-            _Decode(todo, settings),
-            batch_size=batch_size,
-            num_workers=workers,
-            collate_fn=list,
-            worker_init_fn=worker_init,
-        )
-        t = settings.max_frames
-        with tqdm(total=len(todo), desc=f"indexing {videos}", unit="video", disable=not progress) as bar:
-            for items in loader:
-                good = [item for item in items if "error" not in item]
-                for item in items:
-                    if "error" in item:
-                        failures[str(todo[item["index"]])] = item["error"]
-                bar.update(len(items))
-                if not good:
-                    continue
-                frames, mask = (torch.stack(x) for x in zip(*(pad_frames(i["frames"], t) for i in good), strict=True))
-                with torch.no_grad():
-                    video = model.encode_video(frames, mask)
-                    parts.append(VideoFeatures(video.video.float(), video.frames.float(), video.frame_mask))
-                for item in good:
-                    path = todo[item["index"]]
-                    stat = path.stat()
-                    thumb = f"{hashlib.sha1(str(path).encode()).hexdigest()[:16]}.jpg"
-                    (out / THUMBS / thumb).write_bytes(item["jpeg"].numpy().tobytes())
-                    entries.append(
-                        IndexEntry(
-                            str(path),
-                            stat.st_size,
-                            stat.st_mtime_ns,
-                            _duration(path),
-                            item["timestamps"].tolist(),
-                            thumb,
-                        )
-                    )
-        if not parts:
-            raise VideoIndexError(f"no video under {videos} could be indexed ({len(failures)} failed)")
-        features = VideoFeatures(*(torch.cat(x) for x in zip(*parts, strict=True)))
-        index = cls(model, settings, entries, features, failures, out, model_dir or (old.model_dir if old else None))
-        index.encoded = len(todo) - len(failures)
-        index.save(out, fingerprint)
+        with writer_lock(out):
+            previous, shards, problems, old_model_dir = _previous_version(out, fingerprint, settings)
+            model_dir = model_dir or old_model_dir
+            header = {
+                "format_version": INDEX_VERSION,
+                "model_fingerprint": fingerprint,
+                "model_dir": model_dir,
+                "videos": str(videos),
+                "sampler": asdict(settings),
+            }
+            paths, unreadable = list_videos(videos)
+            kept, todo = _unchanged(previous, paths)
+            writer = IndexWriter(out, header, kept, shards)
+            _encode(model, todo, settings, writer, batch_size, workers, progress, flush_every)
+            writer.compact()
+        entries = [IndexEntry(**e) for e in writer.entries.values()]
+        index = cls(model, settings, entries, writer.failures, out, model_dir)
+        index.encoded, index.repaired, index.unreadable = len(todo) - len(writer.failures), problems, unreadable
         return index
-
-    def save(self, out: str | os.PathLike, fingerprint: str | None = None) -> None:
-        """Write features (atomically) and then the manifest that vouches for them (with their checksum)."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        tensors = {"video": self.features.video, "frames": self.features.frames, "frame_mask": self.features.frame_mask}
-        tmp = out / f".{FEATURES}.tmp"
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-        os.replace(tmp, out / FEATURES)
-        manifest = {
-            "format_version": INDEX_VERSION,
-            "model_fingerprint": fingerprint or model_fingerprint(self.model),
-            "model_dir": self.model_dir,
-            "sampler": asdict(self.settings),
-            "features_sha256": file_sha256(out / FEATURES),
-            "built": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "entries": [asdict(e) for e in self.entries],
-            "failures": self.failures,
-        }
-        tmp = out / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=1))
-        os.replace(tmp, out / MANIFEST)
-        used = {e.thumbnail for e in self.entries}
-        for thumb in (out / THUMBS).glob("*.jpg"):  # thumbnails of videos that left the index
-            if thumb.name not in used:
-                thumb.unlink()
 
     # ---- loading -----------------------------------------------------------------------------------------------
 
@@ -259,19 +247,25 @@ class VideoIndex:
     def load(
         cls, folder: str | os.PathLike, model: XCLIP | str | os.PathLike | None = None, fingerprint: str | None = None
     ) -> VideoIndex:
-        """Open an index; refuses a corrupt one (checksum) and one built by another model."""
+        """Open an index with all its features; refuses one built by another model, and one whose manifest does
+        not agree with its files (saying how to repair it)."""
         folder = Path(folder)
-        if not (folder / MANIFEST).is_file():
+        for attempt in range(2):  # a writer may publish (and delete the old shards) between our reads: read again
+            stamp = (folder / MANIFEST).stat().st_mtime_ns if (folder / MANIFEST).is_file() else None
+            manifest = read_manifest(folder)
+            entries, problems = check(folder, manifest)
+            try:
+                features = load_features(folder, entries) if not problems else None
+            except OSError as err:
+                problems = [str(err)]
+            if not problems or attempt or (folder / MANIFEST).stat().st_mtime_ns == stamp:
+                break
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
             raise VideoIndexError(
-                f"{folder} is not a video index (no {MANIFEST}); build one with `xclip-lightning index`"
-            )
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("format_version") != INDEX_VERSION:
-            raise VideoIndexError(f"{folder}: index format {manifest.get('format_version')}, this version reads 1")
-        if file_sha256(folder / FEATURES) != manifest["features_sha256"]:
-            raise VideoIndexError(
-                f"{folder / FEATURES} does not match the checksum in its manifest (corrupt or half-written): "
-                f"rebuild the index"
+                f"{folder}: the manifest does not agree with the index files ({shown}). Repair: run "
+                f"`xclip-lightning index --model ... --videos {manifest.get('videos', '...')} --out {folder}` again; "
+                f"it keeps what agrees and encodes the rest"
             )
         model_dir = manifest.get("model_dir")
         if model is None:
@@ -288,10 +282,9 @@ class VideoIndex:
                 f"with this model's text features. Rebuild it with this model, or search with the one that built it"
             )
         settings = SamplerSettings(**manifest["sampler"])
-        tensors = load_file(str(folder / FEATURES))
-        features = VideoFeatures(tensors["video"], tensors["frames"], tensors["frame_mask"].bool())
-        entries = [IndexEntry(**e) for e in manifest["entries"]]
-        return cls(model, settings, entries, features, manifest.get("failures", {}), folder, model_dir)
+        video = VideoFeatures(*(features[k] for k in FEATURE_KEYS))
+        index_entries = [IndexEntry(**e) for e in entries]
+        return cls(model, settings, index_entries, manifest.get("failures", {}), folder, model_dir, video)
 
     # ---- searching ---------------------------------------------------------------------------------------------
 
@@ -324,67 +317,66 @@ class VideoIndex:
         return hits
 
 
-def coarse_query(head: XCLIPHead, text: TextFeatures) -> Tensor:
-    """The query side of the video-sentence score sentence^T G video: sentence @ G [Q,D] (G = global_mat_weight,
-    or the identity when the head has no video-sentence contrast)."""
-    weight = getattr(head, "global_mat_weight", None)
-    return text.sentence @ weight if weight is not None else text.sentence
+def _unchanged(previous: list[dict[str, Any]], paths: list[Path]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """(entries of files still on disk and unchanged, files to encode: new, changed, or repaired)."""
+    known = {e["path"]: e for e in previous}
+    kept, todo = [], []
+    for path in paths:
+        stat = path.stat()
+        entry = known.get(str(path))
+        if entry is not None and (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+            kept.append(entry)
+        else:
+            todo.append(path)
+    return kept, todo
 
 
-class CoarseSearch:
-    """Top K videos by the coarse video-sentence score: a torch matrix product, or an exact FAISS inner-product
-    index (``IndexFlatIP``) when faiss is installed and ``backend`` allows it. Both return the same rows."""
-
-    def __init__(self, video: Tensor, backend: CoarseBackend = "auto") -> None:
-        self.video = video
-        self.index = None
-        if backend != "torch":
-            try:
-                import faiss
-            except ImportError:
-                if backend == "faiss":
-                    raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu") from None
-                return
-            self.index = faiss.IndexFlatIP(video.shape[1])
-            self.index.add(video.detach().float().cpu().contiguous().numpy())
-
-    @property
-    def backend(self) -> str:
-        return "torch" if self.index is None else "faiss"
-
-    def topk(self, query: Tensor, k: int) -> Tensor:
-        """query [Q,D] (from ``coarse_query``) -> rows [Q,k], best first."""
-        if self.index is None:
-            return (query @ self.video.T).topk(k, dim=1).indices
-        _, rows = self.index.search(query.detach().float().cpu().contiguous().numpy(), k)
-        return torch.from_numpy(rows).to(self.video.device)
-
-
-def rank_videos(
-    head: XCLIPHead,
-    logit_scale: Tensor | float,
-    text: TextFeatures,
-    features: VideoFeatures,
-    k: int,
-    candidates: int | None = DEFAULT_CANDIDATES,
-    coarse: CoarseSearch | None = None,
-) -> tuple[Tensor, Tensor]:
-    """One query (``text`` of batch 1) against every video: (rows [min(k, N)] best first, full X-CLIP scores).
-
-    Two stages: the coarse score picks ``max(candidates, k)`` rows (with ``coarse``, or a torch matrix product),
-    the full score ranks them; ``candidates=None``, or a first stage that would keep every video, scores every
-    video fully. Each returned score is the full score of the returned row, whatever ``k`` and ``candidates``.
-    """
-    if k < 1:
-        raise ValueError(f"k (the number of results) must be at least 1, got {k}")
-    n = features.video.shape[0]
-    k = min(k, n)
-    if candidates is None or max(candidates, k) >= n:
-        rows = torch.arange(n, device=features.video.device)
-    else:
-        coarse = coarse or CoarseSearch(features.video, backend="torch")
-        rows = coarse.topk(coarse_query(head, text), max(candidates, k))[0]
-    subset = VideoFeatures(*(x[rows] for x in features))  # [len(rows),...], row i of subset is video rows[i]
-    scores = head.score_matrix(text, subset, logit_scale)[0]
-    order = scores.argsort(descending=True, stable=True)[:k]
-    return rows[order], scores[order]
+@torch.no_grad()
+def _encode(
+    model: XCLIP,
+    todo: list[Path],
+    settings: SamplerSettings,
+    writer: IndexWriter,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+    flush_every: int,
+) -> None:
+    """Decode ``todo`` in DataLoader workers, encode in batches, hand each video's row to ``writer``."""
+    loader = DataLoader(
+        _Decode(todo, settings), batch_size=batch_size, num_workers=workers, collate_fn=list, worker_init_fn=worker_init
+    )
+    with tqdm(total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=not progress) as bar:
+        for items in loader:
+            bar.update(len(items))
+            good = [item for item in items if "error" not in item]
+            for item in items:
+                if "error" in item:
+                    writer.failures[str(todo[item["index"]])] = item["error"]
+            if not good:
+                continue
+            frames, mask = (
+                torch.stack(x) for x in zip(*(pad_frames(i["frames"], settings.max_frames) for i in good), strict=True)
+            )
+            video = model.encode_video(frames, mask)
+            for j, item in enumerate(good):
+                path = todo[item["index"]]
+                stat = path.stat()
+                vid = entry_id(str(path), stat.st_size, stat.st_mtime_ns)
+                (writer.folder / THUMBS).mkdir(exist_ok=True)
+                (writer.folder / THUMBS / f"{vid}.jpg").write_bytes(item["jpeg"].numpy().tobytes())
+                entry = asdict(
+                    IndexEntry(
+                        str(path), stat.st_size, stat.st_mtime_ns, item["duration"], item["timestamps"].tolist(),
+                        f"{vid}.jpg", vid,
+                    )
+                )  # fmt: skip
+                row = {
+                    "video": video.video[j].float(),
+                    "frames": video.frames[j].float(),
+                    "frame_mask": video.frame_mask[j],
+                }
+                writer.add(entry, row, flush_every)
+    writer.flush()
+    if not writer.entries:
+        raise VideoIndexError(f"no video could be indexed ({len(writer.failures)} failed)")

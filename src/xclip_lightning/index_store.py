@@ -1,0 +1,275 @@
+"""The video index on disk: immutable feature shards, one manifest that publishes a complete version atomically,
+a lock for writers, and checks that the manifest and the feature rows agree.
+
+    <index>/manifest.json               the published version: the entries (path, file version, timestamps,
+                                        thumbnail, shard, row, id), the shards with their row counts and SHA-256,
+                                        the model fingerprint, the sampler settings, the failures
+    <index>/shards/<token>.safetensors  video [n,D], frames [n,T,D], frame_mask [n,T]; metadata "ids": the entry
+                                        ids of its rows in order. Never modified once written
+    <index>/thumbs/<id>.jpg             the sampled frames of one entry version (the id covers path, size, mtime)
+    <index>/.lock                       held (flock) by the one process updating the index, with its pid
+
+A writer adds shards and thumbnails, then replaces ``manifest.json`` with one rename: a reader sees the old version
+or the new one, never a mix, and a kill at any moment leaves the last published version intact. Files that no
+version references any more are deleted only after the new manifest is published, under the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+INDEX_VERSION = 2  # 2: sharded features, ids checked row by row
+MANIFEST, SHARDS, THUMBS, LOCK = "manifest.json", "shards", "thumbs", ".lock"
+SHARD_NAME = re.compile(r"^[0-9a-f]{32}\.safetensors$")
+THUMB_NAME = re.compile(r"^[0-9a-f]{16}\.jpg$")
+FEATURE_KEYS = ("video", "frames", "frame_mask")
+FLUSH_SECONDS = 60.0  # a build publishes what it has encoded at least this often, so a killed build keeps it
+
+
+class VideoIndexError(ValueError):
+    """An index that cannot be used: built by another model or sampler setting, corrupt, or missing files."""
+
+
+class IndexBusyError(VideoIndexError):
+    """Another process is updating the index."""
+
+
+def entry_id(path: str, size: int, mtime_ns: int) -> str:
+    """Identifies one version of one file: its feature row and its thumbnail carry it."""
+    return hashlib.sha1(f"{path}|{size}|{mtime_ns}".encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def writer_lock(folder: Path) -> Iterator[None]:
+    """Exclusive right to update ``folder``; a second writer stops at once with a message naming the first."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise IndexBusyError(
+                f"{folder} is being updated by another `xclip-lightning index` (pid {holder}): wait for it to "
+                f"finish, then run again (it will only add what is still missing), or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_write(path: Path, data: bytes | None = None) -> None:
+    """Flush ``path`` (writing ``data`` first when given) to the disk."""
+    with open(path, "wb" if data is not None else "rb+") as f:
+        if data is not None:
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_shard(folder: Path, tensors: dict[str, Tensor], ids: list[str]) -> tuple[str, dict[str, Any]]:
+    """Write one immutable shard (temporary name, fsync, rename); returns its name and manifest record."""
+    (folder / SHARDS).mkdir(parents=True, exist_ok=True)
+    name = f"{secrets.token_hex(16)}.safetensors"
+    tmp = folder / SHARDS / f".{name}.tmp"
+    data = {k: v.contiguous() for k, v in tensors.items()}
+    data["frame_mask"] = data["frame_mask"].to(torch.uint8)
+    save_file(data, str(tmp), metadata={"ids": json.dumps(ids)})
+    _fsync_write(tmp)
+    os.replace(tmp, folder / SHARDS / name)
+    return name, {"rows": len(ids), "sha256": file_sha256(folder / SHARDS / name)}
+
+
+def publish(folder: Path, manifest: dict[str, Any]) -> None:
+    """Make ``manifest`` the index's version, atomically."""
+    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
+    _fsync_write(tmp, json.dumps(manifest, indent=1).encode())
+    os.replace(tmp, folder / MANIFEST)
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise VideoIndexError(f"{folder} is not a video index (no {MANIFEST}); build one with `xclip-lightning index`")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise VideoIndexError(f"{path} is not valid JSON ({err}): delete the index folder and build it again") from err
+    if not isinstance(manifest, dict) or manifest.get("format_version") != INDEX_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise VideoIndexError(
+            f"{path}: index format {version}, this version of xclip-lightning reads {INDEX_VERSION}: build the index "
+            f"again into a new folder"
+        )
+    return manifest
+
+
+def shard_ids(folder: Path, name: str) -> list[str]:
+    with safe_open(str(folder / SHARDS / name), framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("ids", "[]"))
+
+
+def check(folder: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The manifest's entries that agree with the files, and a description of each that does not.
+
+    An entry agrees when its shard is listed, exists with the recorded SHA-256 and row count, and the id stored
+    at its row is the entry's id (a swapped, edited or stale entry fails); its thumbnail name must be a plain
+    file name of the thumbs folder. Each shard is read once (its checksum).
+    """
+    problems: list[str] = []
+    valid_shards: dict[str, list[str]] = {}
+    for name, record in manifest.get("shards", {}).items():
+        path = folder / SHARDS / name
+        if not SHARD_NAME.match(name):
+            problems.append(f"shard name {name!r} is not a shard file name")
+        elif not path.is_file():
+            problems.append(f"{path} is missing")
+        elif file_sha256(path) != record.get("sha256"):
+            problems.append(f"{path} does not match its checksum (corrupt or half-written)")
+        else:
+            ids = shard_ids(folder, name)
+            if len(ids) != record.get("rows"):
+                problems.append(f"{path} holds {len(ids)} rows, the manifest says {record.get('rows')}")
+            else:
+                valid_shards[name] = ids
+    good, seen = [], set()
+    for i, entry in enumerate(manifest.get("entries", [])):
+        try:
+            ids, row = valid_shards.get(entry["shard"]), entry["row"]
+            if ids is None:
+                problem = f"its shard {entry['shard']!r} is not usable"
+            elif not (isinstance(row, int) and 0 <= row < len(ids)) or ids[row] != entry["id"]:
+                problem = f"row {row} of its shard holds another video"
+            elif entry["id"] in seen:
+                problem = "it is listed twice"
+            elif not THUMB_NAME.match(str(entry["thumbnail"])):
+                problem = f"its thumbnail {entry['thumbnail']!r} is not a file name of {THUMBS}/"
+            else:
+                seen.add(entry["id"])
+                good.append(entry)
+                continue
+        except (KeyError, TypeError):
+            problem = "a key is missing or malformed"
+        problems.append(f"entry {i} ({entry.get('path', '?') if isinstance(entry, dict) else entry!r}): {problem}")
+    return good, problems
+
+
+def load_features(folder: Path, entries: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """The feature rows of ``entries``, in their order: video [N,D], frames [N,T,D], frame_mask [N,T] bool."""
+    by_shard: dict[str, list[int]] = {}
+    for position, entry in enumerate(entries):
+        by_shard.setdefault(entry["shard"], []).append(position)
+    parts: dict[str, list[Tensor]] = {k: [] for k in FEATURE_KEYS}
+    order: list[int] = []
+    for name, positions in by_shard.items():
+        rows = torch.tensor([entries[p]["row"] for p in positions])
+        with safe_open(str(folder / SHARDS / name), framework="pt") as f:
+            for key in FEATURE_KEYS:
+                parts[key].append(f.get_tensor(key)[rows])
+        order.extend(positions)
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    features = {k: torch.cat(v)[inverse] for k, v in parts.items()}
+    features["frame_mask"] = features["frame_mask"].bool()
+    return features
+
+
+def collect_garbage(folder: Path, manifest: dict[str, Any]) -> None:
+    """Delete shards, thumbnails and temporary files the published ``manifest`` does not reference (writer only)."""
+    shards = set(manifest["shards"])
+    thumbs = {e["thumbnail"] for e in manifest["entries"]}
+    for path in (folder / SHARDS).glob("*"):
+        if path.name not in shards:
+            path.unlink(missing_ok=True)
+    for path in (folder / THUMBS).glob("*"):
+        if path.name not in thumbs:
+            path.unlink(missing_ok=True)
+    for path in folder.glob(f".{MANIFEST}.*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+class IndexWriter:
+    """Publishes the versions of one index during a build: the entries kept from the previous version plus those
+    encoded so far, their features written a shard at a time (so memory holds at most one shard)."""
+
+    def __init__(self, folder: Path, header: dict[str, Any], kept: list[dict[str, Any]], shards: dict) -> None:
+        self.folder, self.header = folder, header
+        self.entries = {e["path"]: e for e in kept}
+        self.shards = shards
+        self.failures: dict[str, str] = {}
+        self.pending: list[tuple[dict[str, Any], dict[str, Tensor]]] = []
+        self.published_at = time.monotonic()
+
+    def add(self, entry: dict[str, Any], features: dict[str, Tensor], flush_every: int) -> None:
+        self.pending.append((entry, features))
+        if len(self.pending) >= flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending rows as one shard, then publish the version that includes them."""
+        if self.pending:
+            tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
+            name, record = write_shard(self.folder, tensors, [e["id"] for e, _ in self.pending])
+            self.shards[name] = record
+            for row, (entry, _) in enumerate(self.pending):
+                self.entries[entry["path"]] = {**entry, "shard": name, "row": row}
+            self.pending = []
+        self.publish()
+
+    def publish(self) -> None:
+        live = Counter(e["shard"] for e in self.entries.values())
+        manifest = {
+            **self.header,
+            "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "shards": {n: r for n, r in self.shards.items() if live[n]},
+            "entries": list(self.entries.values()),
+            "failures": self.failures,
+        }
+        publish(self.folder, manifest)
+        collect_garbage(self.folder, manifest)
+        self.published_at = time.monotonic()
+
+    def compact(self) -> None:
+        """Rewrite the shards that are mostly rows of deleted or changed videos, then publish."""
+        live = Counter(e["shard"] for e in self.entries.values())
+        for name, record in list(self.shards.items()):
+            if 0 < live[name] < record["rows"] / 2:
+                moved = [e for e in self.entries.values() if e["shard"] == name]
+                features = load_features(self.folder, moved)
+                for i, entry in enumerate(moved):
+                    self.pending.append((entry, {k: features[k][i] for k in FEATURE_KEYS}))
+        self.flush()
