@@ -146,9 +146,9 @@ def shard_ids(folder: Path, name: str) -> list[str]:
 def check(folder: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """The manifest's entries that agree with the files, and a description of each that does not.
 
-    An entry agrees when its shard is listed, exists with the recorded SHA-256 and row count, and the id stored
-    at its row is the entry's id (a swapped, edited or stale entry fails); its thumbnail name must be a plain
-    file name of the thumbs folder. Each shard is read once (its checksum).
+    An entry agrees when its id is that of its path and file version, its shard is listed and exists with the
+    recorded SHA-256 and row count, and the id stored at its row is the entry's id (a swapped, edited or stale
+    entry fails); its thumbnail name must be a plain file name of the thumbs folder. Each shard is read once.
     """
     problems: list[str] = []
     valid_shards: dict[str, list[str]] = {}
@@ -170,7 +170,9 @@ def check(folder: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]],
     for i, entry in enumerate(manifest.get("entries", [])):
         try:
             ids, row = valid_shards.get(entry["shard"]), entry["row"]
-            if ids is None:
+            if entry["id"] != entry_id(entry["path"], entry["size"], entry["mtime_ns"]):
+                problem = "its id is not that of its path and file version"
+            elif ids is None:
                 problem = f"its shard {entry['shard']!r} is not usable"
             elif not (isinstance(row, int) and 0 <= row < len(ids)) or ids[row] != entry["id"]:
                 problem = f"row {row} of its shard holds another video"

@@ -8,6 +8,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
+from xclip_lightning.index_store import THUMB_NAME
 from xclip_lightning.search import THUMB_HEIGHT, THUMBS, SearchHit
 
 STYLE = """
@@ -22,7 +23,11 @@ li.hit { margin: 0 0 1.2em 0; }
 
 
 def _strip(index_folder: Path, hit: SearchHit) -> str:
-    data = base64.b64encode((index_folder / THUMBS / hit.thumbnail).read_bytes()).decode()
+    """The thumbnail strip, read only from the index's thumbs folder (a manifest could name any file)."""
+    path = index_folder / THUMBS / hit.thumbnail
+    if not THUMB_NAME.match(hit.thumbnail) or not path.is_file():
+        return '<div class="meta">(no thumbnail)</div>'
+    data = base64.b64encode(path.read_bytes()).decode()
     h = THUMB_HEIGHT
     return (
         f'<div class="strip"><img alt="sampled frames" src="data:image/jpeg;base64,{data}" '

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: escape sequences, bells, carriage returns
+
+
+def terminal_safe(text: object) -> str:
+    """``text`` with control characters written as ``\\xNN``: a file name cannot move the cursor, retitle the
+    window, or hide itself from the person reading the output."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 def _positive(text: str) -> int:
@@ -53,11 +62,17 @@ def index(argv: Sequence[str]) -> None:
     from xclip_lightning.search import VideoIndex
 
     built = VideoIndex.build(args.model, args.videos, args.out, args.fps, args.batch_size, args.workers)
-    print(f"{args.out}: {len(built.entries)} videos indexed ({built.encoded} new or changed encoded now)")
-    if built.failures:
-        print(f"{len(built.failures)} file(s) could not be indexed:")
-        for path, reason in built.failures.items():
-            print(f"  {path}: {reason}")
+    out = terminal_safe(args.out)
+    print(f"{out}: {len(built.entries)} videos indexed ({built.encoded} new, changed or repaired encoded now)")
+    for title, lines in (
+        ("entr(ies) of the previous version did not agree with the index files and were redone", built.repaired),
+        ("file(s) could not be indexed", [f"{path}: {reason}" for path, reason in built.failures.items()]),
+        ("folder(s) could not be read", built.unreadable),
+    ):
+        if lines:
+            print(f"{len(lines)} {title}:")
+            for line in lines:
+                print(f"  {terminal_safe(line)}")
 
 
 def search(argv: Sequence[str]) -> None:
@@ -85,10 +100,11 @@ def search(argv: Sequence[str]) -> None:
         )
     else:
         for query, results in zip(args.queries, hits, strict=True):
-            print(f"{query}")
+            print(terminal_safe(query))
             for hit in results:
-                print(f"  {hit.rank:3d}. {hit.score:7.2f}  {hit.path}  (best frame at {hit.best_time:.1f} s)")
+                path = terminal_safe(hit.path)
+                print(f"  {hit.rank:3d}. {hit.score:7.2f}  {path}  (best frame at {hit.best_time:.1f} s)")
     if args.html:
         from xclip_lightning.report import write_html
 
-        print(f"wrote {write_html(args.html, args.index, args.queries, hits)}")
+        print(f"wrote {terminal_safe(write_html(args.html, args.index, args.queries, hits))}")
