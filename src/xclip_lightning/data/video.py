@@ -281,7 +281,7 @@ def _planned(
             needed[starts[-1] : target + 1] = [True] * (target + 1 - starts[-1])
         wanted_pts = {pts[i] for i in targets}
         context = stream.codec_context
-        got: dict[int, av.VideoFrame] = {}
+        got: dict[int, Tensor] = {}  # converted as they come out: never 64 full-size decoded frames held
         last_out = -math.inf
 
         def collect(frames: list[av.VideoFrame]) -> None:
@@ -291,7 +291,7 @@ def _planned(
                     raise _UntrustedPlan
                 last_out = frame.pts
                 if frame.pts in wanted_pts:
-                    got[frame.pts] = frame
+                    got[frame.pts] = _to_tensor(frame, transform)
 
         for i, packet in enumerate(packets):
             if not needed[i]:
@@ -308,7 +308,7 @@ def _planned(
         collect(context.decode(None))
         if len(got) != len(targets):
             return None
-        return [(picker.seconds(t), _to_tensor(got[t], transform)) for t in sorted(got)]
+        return [(picker.seconds(t), got[t]) for t in sorted(got)]
     except (av.error.FFmpegError, _UntrustedPlan):
         return None  # a corrupt packet or unreliable pts: the sequential path decodes around it and reports it
     finally:
