@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format bench demo clean
+.PHONY: help install test test-min lint format bench demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -22,6 +22,12 @@ $(STAMP): setup.cfg pyproject.toml
 
 test: install ## Run the whole test suite (CPU, no downloads)
 	$(BIN)/python -m pytest -q
+
+test-min: ## Install the oldest supported versions (constraints-min.txt) into .venv-min, then run the tests there
+	test -x .venv-min/bin/python || $(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet --upgrade pip
+	.venv-min/bin/python -m pip install --quiet -e ".[dev]" -c constraints-min.txt
+	.venv-min/bin/python -m pytest -q
 
 lint: install ## ruff lint and format check
 	$(BIN)/ruff check src tests bench
@@ -39,9 +45,12 @@ bench: $(BENCH_STAMP) ## Run the benchmarks (each prints a table and one JSON li
 	$(BIN)/python bench/head.py
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/search.py
+	$(BIN)/python bench/index_memory.py
+	$(BIN)/python bench/decode_memory.py
 
 demo: install ## Train and test on the embedded synthetic dataset (CPU, a few minutes), print the retrieval table
-	$(BIN)/python -m xclip_lightning.demo
+	$(BIN)/xclip-lightning demo
 
 clean: ## Remove the virtual environment and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) .venv-min .pytest_cache .ruff_cache src/*.egg-info

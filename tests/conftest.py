@@ -25,8 +25,19 @@ CAPTIONS = [
 def shared_dir() -> Path:
     """../shared beside the repository (or $XCLIP_SHARED). Absent in a user's clone: the test is skipped."""
     if not (SHARED / "parity").is_dir():
-        pytest.skip(f"{SHARED} not found: the parity vectors and test videos live in the project's shared folder")
+        message = f"{SHARED} not found: the parity vectors and test videos live in the project's shared folder"
+        if os.environ.get("CI"):  # CI has it beside the clone: a pass without these tests would be a false pass
+            pytest.fail(f"{message} (CI is set, so this is an error, not a skip)")
+        pytest.skip(message)
     return SHARED
+
+
+def require_or_skip(available: bool, what: str) -> None:
+    """Skip when ``what`` is missing on a user's machine; fail in CI, which installs it (.ci/run)."""
+    if not available:
+        if os.environ.get("CI"):
+            pytest.fail(f"{what} is missing in CI (.ci/run installs it)")
+        pytest.skip(f"{what} is not installed")
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import itertools
 import json
 import os
@@ -15,6 +16,7 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg
 
+from conftest import require_or_skip
 from xclip_lightning.cli import main
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
 from xclip_lightning.model.xclip import XCLIP
@@ -121,6 +123,14 @@ def test_cli_export_index_search_json_and_html(setup, tmp_path, capsys):
     for data in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text):
         strip = decode_jpeg(torch.frombuffer(bytearray(base64.b64decode(data)), dtype=torch.uint8))
         assert strip.shape[1] == 64 and strip.shape[2] % 64 == 0  # one 64 px thumbnail per sampled frame
+
+
+def test_the_results_page_loads_in_headless_chromium(setup, tmp_path):
+    require_or_skip(CHROMIUM is not None, "Chromium (apt-get install chromium)")
+    model_dir, videos, captions = setup
+    main(["index", "--model", str(model_dir), "--videos", str(videos), "--out", str(tmp_path / "ix"), "--workers", "0"])
+    page = tmp_path / "results.html"
+    main(["search", "--index", str(tmp_path / "ix"), captions[0], "--top-k", "5", "--html", str(page)])
     check_in_chromium(page, expected_hits=5, tmp_path=tmp_path)
 
 
@@ -145,8 +155,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
     """Headless Chromium loads the page with no console error and shows ``expected_hits`` results."""
-    if CHROMIUM is None:
-        pytest.skip("Chromium is not installed (apt-get install chromium; .ci/run installs it)")
     flags = [
         "--headless",
         "--no-sandbox",
@@ -176,7 +184,7 @@ def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
 
 
 def test_faiss_and_torch_coarse_stages_pick_the_same_videos():
-    pytest.importorskip("faiss", reason="faiss-cpu is not installed (it is a dev dependency; pip install faiss-cpu)")
+    require_or_skip(importlib.util.find_spec("faiss") is not None, "faiss-cpu (a dev dependency)")
     from xclip_lightning.search import CoarseSearch
 
     generator = torch.Generator().manual_seed(0)

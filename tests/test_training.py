@@ -127,17 +127,38 @@ def test_distributed_evaluation_equals_single_process_and_the_full_matrix(synthe
     assert single["val/v2t_MnR"] == pytest.approx(expected["v2t"]["MnR"])
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16)])
-def test_mixed_precision_training_keeps_the_head_in_fp32(synthetic, tmp_path, precision, dtype):
-    module = model(synthetic)
+class RecordingAutocast(XCLIPRetrieval):
+    """Records the autocast dtype the training step really ran under."""
+
+    seen: torch.dtype | None = None
+
+    def training_step(self, batch, batch_idx):
+        self.seen = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize(
+    ("precision", "autocast_on_cpu"),
+    [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.bfloat16)],  # Lightning turns 16-mixed into bf16 on a CPU
+    ids=["bf16-mixed", "16-mixed-runs-as-bf16-on-cpu"],
+)
+def test_mixed_precision_training_keeps_the_head_in_fp32(synthetic, tmp_path, precision, autocast_on_cpu):
+    module = RecordingAutocast(str(synthetic[1]), max_words=WORDS, max_frames=FRAMES, lr=1e-3, clip_lr_scale=1.0)
     before = module.model.head.global_mat_weight.detach().clone()
-    trainer(tmp_path, max_steps=2, limit_val_batches=0, precision=precision, enable_checkpointing=False).fit(
-        module, datamodule(synthetic)
-    )
+    run = trainer(tmp_path, max_steps=2, limit_val_batches=0, precision=precision, enable_checkpointing=False)
+    run.fit(module, datamodule(synthetic))
+    assert module.seen == autocast_on_cpu  # the dtype the step really used
     after = module.model.head.global_mat_weight
     assert after.dtype == torch.float32 and torch.isfinite(after).all() and not torch.equal(before, after)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_head_scores_in_fp32_under_any_autocast(synthetic, dtype):
+    """fp16 autocast exists on the CPU too (what 16-mixed uses on a GPU): the logits still come out fp32."""
+    module = model(synthetic)
     batch = next(iter(datamodule_with_setup(synthetic).train_dataloader()))
     with torch.autocast("cpu", dtype=dtype):
+        assert module.model.encode_text(batch["input_ids"], batch["word_mask"]).words.dtype == torch.float32
         assert module(batch).dtype == torch.float32
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -28,11 +29,35 @@ from xclip_lightning.callbacks import FeatureWriter
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint
 
-TOOLS = ("export", "index", "search")
+TOOLS = ("export", "index", "search", "demo")
+CONFIGS = Path(__file__).parent / "configs"  # shipped in the wheel: --config msrvtt/vitb32 finds them anywhere
 DESCRIPTION = (
-    "X-CLIP text-video retrieval. Training: fit / validate / test / predict (LightningCLI, YAML configs in "
-    "configs/). Your own videos: export / index / search (e.g. `xclip-lightning search --help`)."
+    "X-CLIP text-video retrieval. Training: fit / validate / test / predict (LightningCLI; --config takes a YAML "
+    "file or a packaged config by name, e.g. msrvtt/vitb32, didemo/vitb16, ablations/tab7_mean_mean, synthetic). "
+    "Your own videos: export / index / search (e.g. `xclip-lightning search --help`). The demo: demo."
 )  # subcommands beside LightningCLI's fit / validate / test / predict
+
+
+def packaged_config(name: str) -> Path | None:
+    """``msrvtt/vitb32`` (or ``msrvtt/vitb32.yaml``) -> the packaged file, when there is one."""
+    candidate = CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return candidate if candidate.is_file() and CONFIGS in candidate.resolve().parents else None
+
+
+def resolve_configs(argv: Sequence[str]) -> list[str]:
+    """``--config NAME`` of a packaged config becomes its path; a file that exists is always taken as it is."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        value, prefix = None, ""
+        if arg.startswith("--config="):
+            value, prefix = arg.removeprefix("--config="), "--config="
+        elif arg == "--config" and i + 1 < len(out):
+            value, i = out[i + 1], i + 1
+        if value is not None and not Path(value).exists() and (found := packaged_config(value)) is not None:
+            out[i] = prefix + str(found)
+    return out
+
+
 MONITOR = "val/t2v_R1"  # official model selection: the best text->video R@1 on the val split
 
 
@@ -79,7 +104,9 @@ def trainer_defaults() -> dict:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``xclip-lightning``; ``main([...])`` runs it from Python (as the tests do)."""
-    argv = list(sys.argv[1:] if args is None else args)
+    argv = resolve_configs(sys.argv[1:] if args is None else args)
+    if args is None:
+        sys.argv[1:] = argv  # the command line as LightningCLI will read it, packaged configs resolved
     if argv and argv[0] in TOOLS:
         from xclip_lightning import tools  # the search tools do not need LightningCLI
 
@@ -90,10 +117,10 @@ def main(args: Sequence[str] | None = None) -> None:
         seed_everything_default=42,  # official seed
         trainer_defaults=trainer_defaults(),
         save_config_kwargs={"overwrite": True},
-        args=None if args is None else argv,  # None: LightningCLI reads sys.argv itself
+        args=argv if args is not None else None,  # None: LightningCLI reads sys.argv (rewritten below) itself
         parser_kwargs={"description": DESCRIPTION},
     )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()  # from sys.argv, as under torchrun -m xclip_lightning.cli fit ... (no args: LightningCLI does not warn)

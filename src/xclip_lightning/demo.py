@@ -1,27 +1,31 @@
 """The demo: train and test X-CLIP on the embedded synthetic dataset, on the CPU, in a few minutes.
 
-    python -m xclip_lightning.demo                      # what `make demo` runs
-    python -m xclip_lightning.demo --trainer.max_epochs 2   # any LightningCLI override of configs/synthetic.yaml
+    xclip-lightning demo                                 # what `make demo` runs (works from a pip install too)
+    xclip-lightning demo --trainer.max_epochs 2          # any LightningCLI override of the packaged synthetic.yaml
+    xclip-lightning demo --videos 40 10 10 --data-only   # a smaller dataset; only write it and the tiny CLIP
 
-Writes the synthetic dataset and a tiny random CLIP (both reused on later runs), trains with
-``configs/synthetic.yaml`` through the same LightningCLI as ``xclip-lightning fit``, tests the checkpoint with the
-best validation text->video R@1, and prints the retrieval table and where the logs and checkpoints are.
+Writes the synthetic dataset and a tiny random CLIP under ``.cache/synthetic`` of the current folder (both reused
+on later runs), trains with the packaged ``configs/synthetic.yaml`` through the same LightningCLI as
+``xclip-lightning fit``, tests the checkpoint with the best validation text->video R@1, and prints the retrieval
+table and where the logs and checkpoints are.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from xclip_lightning.cli import XCLIPCLI, trainer_defaults
+from xclip_lightning.cli import CONFIGS, XCLIPCLI, trainer_defaults
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
 from xclip_lightning.lightning_module import XCLIPRetrieval
 
-CONFIG = Path("configs/synthetic.yaml")
-ROOT = Path(".cache/synthetic")  # configs/synthetic.yaml reads the dataset and the CLIP from here
+CONFIG = CONFIGS / "synthetic.yaml"
+ROOT = Path(".cache/synthetic")  # synthetic.yaml reads the dataset and the CLIP from here (relative to the cwd)
+VIDEOS = (600, 100, 100)  # train / val / test videos of the demo dataset
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
 
 
@@ -43,10 +47,17 @@ def best_checkpoint(trainer) -> str:
     return next((c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor), "")
 
 
-def train_and_test(overrides: Sequence[str] = ()) -> tuple[dict[str, float], XCLIPCLI]:
-    """Fit with ``configs/synthetic.yaml`` (plus LightningCLI ``overrides``), then test the best val checkpoint."""
-    annotations = make_synthetic_dataset(ROOT / "data")
+def prepare(videos: Sequence[int] = VIDEOS) -> Path:
+    """Write (or reuse) the dataset and the tiny CLIP under ``ROOT``; returns the annotations file."""
+    train, val, test = videos
+    annotations = make_synthetic_dataset(ROOT / "data", train=train, val=val, test=test)
     make_synthetic_clip(ROOT / "clip", annotations)
+    return annotations
+
+
+def train_and_test(overrides: Sequence[str] = (), videos: Sequence[int] = VIDEOS) -> tuple[dict[str, float], XCLIPCLI]:
+    """Fit with the packaged ``synthetic.yaml`` (plus LightningCLI ``overrides``), then test the best checkpoint."""
+    prepare(videos)
     cli = XCLIPCLI(
         XCLIPRetrieval,
         VideoTextDataModule,
@@ -63,8 +74,17 @@ def train_and_test(overrides: Sequence[str] = ()) -> tuple[dict[str, float], XCL
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    """``xclip-lightning demo [--videos TRAIN VAL TEST] [--data-only] [LightningCLI overrides ...]``."""
+    parser = argparse.ArgumentParser(prog="xclip-lightning demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", type=int, nargs=3, default=VIDEOS, metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--data-only", action="store_true", help="write the dataset and the tiny CLIP, then stop")
+    options, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()
-    metrics, cli = train_and_test(sys.argv[1:] if argv is None else argv)
+    if options.data_only:
+        annotations = prepare(options.videos)
+        print(f"synthetic dataset: {annotations}; tiny CLIP: {ROOT / 'clip'}")
+        return {}
+    metrics, cli = train_and_test(overrides, options.videos)
     num_videos = len(cli.datamodule.dataset_records("test"))
     t2v_r1 = metrics["test/t2v_R1"]
     print(f"\nX-CLIP on the synthetic test split ({num_videos} videos, 2 captions each), best val checkpoint:\n")

@@ -144,7 +144,7 @@ class RetrievalMetrics(Metric):
     """
 
     full_state_update = False
-    higher_is_better = True
+    higher_is_better = None  # R@K: higher is better; MdR / MnR: lower is better
 
     def __init__(
         self,

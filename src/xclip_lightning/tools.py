@@ -108,3 +108,10 @@ def search(argv: Sequence[str]) -> None:
         from xclip_lightning.report import write_html
 
         print(f"wrote {terminal_safe(write_html(args.html, args.index, args.queries, hits))}")
+
+
+def demo(argv: Sequence[str]) -> None:
+    """Train and test on the embedded synthetic dataset and print the retrieval table (see ``demo.py``)."""
+    from xclip_lightning.demo import main as run_demo
+
+    run_demo(argv)

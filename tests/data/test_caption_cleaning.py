@@ -1,16 +1,17 @@
 """Captions get the ids the official tokenizer gives them: its cleaning (ftfy, HTML entities unescaped twice,
 whitespace collapsed) and lower-casing, then byte-level BPE. The reference here is a restatement of the official
-``SimpleTokenizer`` run on the same vocabulary and merges as a transformers ``CLIPTokenizer`` (the only CLIP
-tokenizer class transformers 5 has), saved and loaded through ``from_pretrained``."""
+``SimpleTokenizer`` run on the same vocabulary and merges as transformers' CLIP tokenizers, loaded through
+``from_pretrained`` from the files OpenAI's releases ship."""
 
 from __future__ import annotations
 
 import html
+import json
 
 import ftfy
 import pytest
 import regex
-from transformers import AutoTokenizer, CLIPTokenizer
+from transformers import AutoTokenizer
 
 from xclip_lightning.data.tokenize import tokenize
 
@@ -106,11 +107,16 @@ class OfficialSimpleTokenizer:
         return ids
 
 
-@pytest.fixture(scope="module")
-def clip_tokenizer(tmp_path_factory):
+@pytest.fixture(scope="module", params=[True, False], ids=["fast", "slow"])
+def clip_tokenizer(request, tmp_path_factory):
+    """A CLIP tokenizer folder as OpenAI's releases have it (vocab.json, merges.txt), loaded through the real
+    ``from_pretrained`` path: the fast one, and the slow one where transformers still has it (before 5)."""
     folder = tmp_path_factory.mktemp("clip_tokenizer")
-    CLIPTokenizer(vocab=VOCAB, merges=MERGES).save_pretrained(folder)
-    return AutoTokenizer.from_pretrained(folder)  # the real loading path
+    (folder / "vocab.json").write_text(json.dumps(VOCAB))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES))
+    config = {"tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "unk_token": "<|endoftext|>"}))
+    return AutoTokenizer.from_pretrained(folder, use_fast=request.param)
 
 
 def content_ids(tokenized, row: int) -> list[int]:

@@ -133,3 +133,23 @@ def test_on_the_fly_skipping_is_refused_under_ddp(synthetic, tmp_path):
         dm.setup("fit")
     dm.trainer = SimpleNamespace(world_size=1, lightning_module=None)
     dm.setup("fit")  # one process: fine
+
+
+def test_the_distributed_training_order_follows_shuffle_seed_and_epoch(synthetic, tmp_path):
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    def order(seed: int, rank: int, epoch: int) -> list[int]:
+        dm = datamodule(synthetic, tmp_path, shuffle_seed=seed)
+        dm.prepare_data()
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank, lightning_module=None, state=None)
+        dm.setup("fit")
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, DistributedSampler) and sampler.seed == seed
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    assert order(3, 0, 0) == order(3, 0, 0)  # a function of (seed, epoch): a resumed run sees the same batches
+    assert order(3, 0, 0) != order(4, 0, 0) and order(3, 0, 0) != order(3, 0, 1)
+    assert sorted(order(3, 0, 0) + order(3, 1, 0)) == list(range(16))  # the two ranks share the 16 pairs

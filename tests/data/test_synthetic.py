@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from xclip_lightning.data.benchmarks import read_generic
@@ -71,3 +72,18 @@ def test_tiny_clip_tokenizer_knows_the_vocabulary(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(folder)
     for word in [*COLOURS, *SHAPES]:
         assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+
+
+def test_a_folder_of_the_users_own_files_is_never_deleted(tmp_path):
+    own = tmp_path / "my_videos"
+    own.mkdir()
+    (own / "holiday.mp4").write_bytes(b"precious")
+    with pytest.raises(FileExistsError, match=r"my_videos is not empty and was not written by make_synthetic"):
+        make_synthetic_dataset(own, train=2, val=0, test=0)
+    assert (own / "holiday.mp4").read_bytes() == b"precious" and len(list(own.iterdir())) == 1
+    ours = tmp_path / "synthetic"
+    make_synthetic_dataset(ours, train=3, val=0, test=0, seed=1)
+    (ours / "notes.txt").write_text("mine")  # something the user put beside it
+    annotations = make_synthetic_dataset(ours, train=2, val=0, test=0, seed=1)  # other settings: rebuilt in place
+    assert len(annotations.read_text().splitlines()) == 2 and len(list((ours / "videos").iterdir())) == 2
+    assert (ours / "notes.txt").read_text() == "mine"

@@ -1,1 +1,2 @@
-"""Data: tokenization in the official layout, and (coming) the PyAV sampler, readers, cache and DataModule."""
+"""Data: the PyAV frame sampler, CLIP preprocessing, tokenization in the official layout, the annotation readers,
+the frame cache, the datasets and ``VideoTextDataModule``, and the synthetic dataset of the demo and the tests."""

@@ -17,7 +17,7 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
 from xclip_lightning.data.benchmarks import READERS, VideoRecord
@@ -75,7 +75,8 @@ class VideoTextDataModule(L.LightningDataModule):
         clean_captions: clean captions as the official tokenizer does (ftfy, HTML entities, whitespace) first.
         predict_videos: a folder (searched recursively) whose videos ``predict`` encodes; None = the test split.
         prepare_workers: processes that build the frame cache; None = ``num_workers`` (at least 1).
-        shuffle_seed: the training order is a function of (shuffle_seed, epoch) only, so resuming is exact.
+        shuffle_seed: the training order is a function of (shuffle_seed, epoch) only, on one process and under DDP,
+            so resuming is exact.
     """
 
     def __init__(
@@ -243,11 +244,22 @@ class VideoTextDataModule(L.LightningDataModule):
                 videos = self._drop_bad(self.predict_records(), cache)
                 self.datasets["predict"] = [VideoDataset(videos, frames, self.bad_videos)]
 
+    def _train_sampler(self, dataset: Dataset) -> Sampler:
+        """The training order, a function of (shuffle_seed, epoch) only: on one process a seeded shuffle; under
+        DDP a DistributedSampler seeded the same way (Lightning keeps a DistributedSampler it is given, and would
+        otherwise put in its own, seeded 0 whatever shuffle_seed says)."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world == 1:
+            return EpochShuffleSampler(dataset, self.shuffle_seed)
+        return DistributedSampler(
+            dataset, num_replicas=world, rank=self.trainer.global_rank, shuffle=True, seed=self.shuffle_seed
+        )
+
     def _loader(self, dataset: Dataset, batch_size: int, train: bool = False) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffleSampler(dataset, self.shuffle_seed) if train else None,
+            sampler=self._train_sampler(dataset) if train else None,
             drop_last=train,  # official: drop_last=True for training
             num_workers=self.num_workers,
             collate_fn=collate,

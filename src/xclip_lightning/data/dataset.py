@@ -155,8 +155,8 @@ def worker_init(_: int) -> None:
 
 class EpochShuffleSampler(RandomSampler):
     """A RandomSampler whose order depends only on (seed, epoch): a resumed run sees the same batches as an
-    uninterrupted one. Lightning calls ``set_epoch`` every epoch; under DDP it swaps this (a RandomSampler) for a
-    shuffling DistributedSampler, which is seeded by epoch as well."""
+    uninterrupted one. Lightning calls ``set_epoch`` every epoch. Under DDP the data module gives a
+    DistributedSampler seeded with the same seed instead."""
 
     def __init__(self, data_source: Dataset, seed: int = 0) -> None:
         super().__init__(data_source, generator=torch.Generator())

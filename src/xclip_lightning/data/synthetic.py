@@ -8,13 +8,13 @@ The dataset is written in the generic jsonl format (``data/benchmarks/generic.py
 
     root/annotations.jsonl   {"video": "videos/00042.mp4", "captions": [...], "split": "train"}
     root/videos/*.mp4        H.264, ``fps`` frames per second, ``width`` x ``height``
-    root/synthetic.json      the settings, so a changed setting rebuilds
+    root/synthetic.json      the settings, so a changed setting rebuilds (only these files: a folder holding
+                             anything else without the project's marker is refused, never deleted)
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -36,6 +36,7 @@ ACTIONS = ("moves left", "moves right", "moves up", "moves down", "appears", "di
 BACKGROUND = (40, 40, 40)
 ANNOTATIONS = "annotations.jsonl"
 SETTINGS = "synthetic.json"
+MARKER = ".xclip-synthetic"  # written first: this folder holds a synthetic dataset the project may rewrite
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,20 @@ def _random_events(rng: np.random.Generator) -> list[Event]:
     ]
 
 
+def _remove_own_files(root: Path) -> None:
+    """Delete an earlier synthetic dataset in ``root`` (other settings, or half-built), and only that: a folder
+    with other contents and no marker of ours is the user's, and is refused, never deleted."""
+    if not root.exists() or not any(root.iterdir()):
+        return
+    if not (root / MARKER).is_file() and not (root / SETTINGS).is_file():
+        raise FileExistsError(
+            f"{root} is not empty and was not written by make_synthetic_dataset: choose an empty or new folder "
+            f"(nothing in it was changed)"
+        )
+    for path in [root / ANNOTATIONS, root / SETTINGS, *(root / "videos").glob("[0-9][0-9][0-9][0-9][0-9].mp4")]:
+        path.unlink(missing_ok=True)
+
+
 def make_synthetic_dataset(root: str | Path, settings: SyntheticSettings | None = None, **overrides: int) -> Path:
     """Write (or reuse) the synthetic dataset under ``root``; returns the annotations file.
 
@@ -164,9 +179,9 @@ def make_synthetic_dataset(root: str | Path, settings: SyntheticSettings | None 
     stamp = root / SETTINGS
     if stamp.is_file() and json.loads(stamp.read_text()) == asdict(settings) and (root / ANNOTATIONS).is_file():
         return root / ANNOTATIONS
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "videos").mkdir(parents=True)
+    _remove_own_files(root)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    (root / MARKER).touch()
     rng = np.random.default_rng(settings.seed)
     lines = []
     splits = ["train"] * settings.train + ["val"] * settings.val + ["test"] * settings.test
