@@ -27,7 +27,15 @@ from torch import Tensor
 
 from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, first_of_each
-from xclip_lightning.model.head import DEFAULT_BLOCK_ELEMENTS, TextFeatures, VideoFeatures
+from xclip_lightning.model.head import (
+    DEFAULT_BLOCK_ELEMENTS,
+    DEFAULT_CLIP,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_WORDS,
+    DEFAULT_TEMPORAL_LAYERS,
+    TextFeatures,
+    VideoFeatures,
+)
 from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggregation, Contrast
 from xclip_lightning.model.xclip import XCLIP, tensors_sha256
 
@@ -119,10 +127,10 @@ class XCLIPRetrieval(L.LightningModule):
 
     def __init__(
         self,
-        clip_name_or_path: str = "openai/clip-vit-base-patch32",
-        max_words: int = 32,
-        max_frames: int = 12,
-        temporal_layers: int = 4,
+        clip_name_or_path: str = DEFAULT_CLIP,
+        max_words: int = DEFAULT_MAX_WORDS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        temporal_layers: int = DEFAULT_TEMPORAL_LAYERS,
         contrasts: Sequence[Contrast] = CONTRASTS,
         aggregation: Aggregation = "aosm",
         temperature: float = AOSM_TEMPERATURE,

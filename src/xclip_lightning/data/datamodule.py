@@ -38,6 +38,7 @@ from xclip_lightning.data.dataset import (
 from xclip_lightning.data.frame_cache import FrameCache, SamplerSettings
 from xclip_lightning.data.tokenize import tokenize
 from xclip_lightning.data.video import SamplingMode
+from xclip_lightning.model.head import DEFAULT_CLIP, DEFAULT_MAX_FRAMES, DEFAULT_MAX_WORDS
 
 Benchmark = Literal["msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "generic"]
 Split = Literal["train", "val", "test"]
@@ -84,12 +85,12 @@ class VideoTextDataModule(L.LightningDataModule):
         benchmark: Benchmark = "generic",
         annotations: str = "",
         videos: str = "",
-        clip_name_or_path: str = "openai/clip-vit-base-patch32",
+        clip_name_or_path: str = DEFAULT_CLIP,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 4,
-        max_words: int = 32,
-        max_frames: int = 12,
+        max_words: int = DEFAULT_MAX_WORDS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
         fps: float = 1.0,
         sampling: SamplingMode = "timestamp",
         image_size: int | None = None,

@@ -14,10 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xclip_lightning.model import fast_similarity as fast
 from xclip_lightning.model import similarity as sim
 from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggregation, Contrast
 from xclip_lightning.model.temporal import POSITION_ROWS, TemporalTransformer, temporal_encode
 
+# The official defaults, written once (every class that takes these arguments defaults to them)
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"  # the ViT-B/32 CLIP every official script starts from
+DEFAULT_MAX_WORDS = 32  # official --max_words (MSR-VTT, MSVD, LSMDC; 64 for DiDeMo and ActivityNet)
+DEFAULT_MAX_FRAMES = 12  # official --max_frames (MSR-VTT, MSVD, LSMDC; 64 for DiDeMo and ActivityNet)
 DEFAULT_TEMPORAL_LAYERS = 4  # official code (cross_num_hidden_layers default); the paper says 3
 DEFAULT_BLOCK_ELEMENTS = 1 << 20  # elements of one [bt,L,T,bv] frame-word block in full-matrix scoring (4 MB fp32)
 VIDEO_BLOCK = 128  # videos per block: a long contiguous inner dimension for every reduction (bench/head.py)
@@ -169,7 +174,7 @@ class XCLIPHead(nn.Module):
             else:
                 temporal = frames
             # frame-level contrasts use the raw CLIP frames (official use_original_clip_for_frame_features=True)
-            return VideoFeatures(sim.video_pool(temporal, frame_mask), F.normalize(frames, dim=-1), frame_mask)
+            return VideoFeatures(sim.video_feature(temporal, frame_mask), F.normalize(frames, dim=-1), frame_mask)
 
     # ---- scoring ----------------------------------------------------------------------------------------------
 
@@ -192,7 +197,7 @@ class XCLIPHead(nn.Module):
     ) -> dict[str, Tensor]:
         second = self.poolings[1]
         if frames_slot_major is None and {"sentence_frame", "frame_word"} & set(self.contrasts):
-            frames_slot_major = sim.frames_by_slot(video.frames)  # shared by the two frame-level contrasts
+            frames_slot_major = fast.frames_by_slot(video.frames)  # shared by the two frame-level contrasts
         word_mask = text.word_mask if self.mask_padding else None
         frame_mask = video.frame_mask if self.mask_padding else None
         tau = self.temperature
@@ -200,11 +205,11 @@ class XCLIPHead(nn.Module):
         if "video_sentence" in self.contrasts:
             parts["video_sentence"] = sim.video_sentence(text.sentence, video.video, self.global_mat_weight)
         if "video_word" in self.contrasts:
-            parts["video_word"] = sim.video_word(
+            parts["video_word"] = fast.video_word(
                 text.words, video.video, self._weight("word_logit_weight"), second, word_mask, tau
             )
         if "sentence_frame" in self.contrasts:
-            parts["sentence_frame"] = sim.sentence_frame(
+            parts["sentence_frame"] = fast.sentence_frame(
                 text.sentence,
                 video.frames,
                 self._weight("frame_logit_weight"),
@@ -215,11 +220,11 @@ class XCLIPHead(nn.Module):
             )
         if word_local is not None:
             weights = {n: self._weight(n) for n in self._aosm_shapes()}
-            parts["frame_word"] = sim.frame_word(
+            parts["frame_word"] = fast.frame_word(
                 word_local, video.frames, weights, self.poolings, word_mask, frame_mask, tau, frames_slot_major
             )
         parts = {name: logit_scale * value for name, value in parts.items()}
-        parts["logits"] = torch.stack(list(parts.values())).mean(0)
+        parts["logits"] = sim.xclip_logits(list(parts.values()), 1.0)  # the parts already carry the scale
         return parts
 
     def forward(
@@ -231,9 +236,14 @@ class XCLIPHead(nn.Module):
         logit_scale: Tensor | float,
         word_mask: Tensor | None = None,
     ) -> Tensor:
-        """Raw features -> logits [Nt,Nv] (texts as rows). ``logit_scale`` is the multiplier, e.g. 100.0."""
+        """Raw features -> logits [Nt,Nv] (texts as rows). ``logit_scale`` is the multiplier, e.g. 100.0.
+
+        Without gradients (evaluation, ``torch.no_grad()``) it scores block by block (``score_matrix``: bounded
+        memory, the fastest layout); with them, in one piece so that autograd sees the whole graph."""
         text = self.encode_text(sentence_emb, word_emb, word_mask)
         video = self.encode_video(frame_emb, frame_mask)
+        if not torch.is_grad_enabled():
+            return self.score_matrix(text, video, logit_scale)
         return self.score(text, video, logit_scale)["logits"]
 
     @torch.no_grad()
@@ -260,7 +270,7 @@ class XCLIPHead(nn.Module):
             video_parts = [
                 VideoFeatures(*(x[v0 : v0 + video_block] for x in video)) for v0 in range(0, nv, video_block)
             ]
-            slot_major = [sim.frames_by_slot(part.frames) for part in video_parts]  # one copy of the frames, made once
+            slot_major = [fast.frames_by_slot(part.frames) for part in video_parts]  # one copy of the frames, made once
             for t0 in range(0, nt, text_block):
                 text_part = TextFeatures(*(None if x is None else x[t0 : t0 + text_block] for x in text))
                 word_local = self._word_local(text_part)

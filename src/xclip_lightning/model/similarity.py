@@ -1,20 +1,25 @@
-"""The four X-CLIP contrasts and their aggregation, as pure functions (xclip-spec.md §5-§6).
+"""The X-CLIP similarity, one small function per equation (xclip-spec.md §5-§6; paper §3.2-§3.3).
 
-Every function takes *normalised* features and returns a similarity matrix with texts as rows and videos as
+This module is for reading: every function is the equation as written, on whole tensors. ``XCLIPHead`` runs the
+same values laid out for speed (``fast_similarity.py``; tests/model/test_fast_similarity.py checks they agree).
+
+Every contrast takes *normalised* features and returns a similarity matrix with texts as rows and videos as
 columns, before the logit scale. Shape letters: ``Nt`` texts, ``Nv`` videos, ``L`` word slots, ``T`` frame slots,
-``D`` embedding width. Masks are bool, True = valid.
+``D`` embedding width. Masks are bool, True = valid; ``None`` is the official behaviour, where every word slot
+(SOT, EOT, padding) and every frame slot (padded frames too) takes part in every softmax, mean and max.
 
-Two behaviours for padding:
-
-- official (``word_mask=None`` / ``frame_mask=None`` here): every word slot (SOT, EOT, padding) and every frame
-  slot (padded frames too) takes part in every softmax and mean, exactly as the official code does;
-- masked: padded slots are excluded from every softmax, mean and max, and from the AOSM mixing (their mixed
-  weight is zeroed and their score is not read).
+    video_sentence  S_vs[t,v] = sentence_t^T G video_v                                         (coarse)
+    video_word      S_vw[t,v] = A_words(video_v . word_tl ; M_word_logit)                       (cross)
+    sentence_frame  S_sf[t,v] = A_frames(sentence_t . frame_vf ; M_frame_logit)                 (cross)
+    frame_word      C[t,l,f,v] = (word_tl^T Lambda) . frame_vf                                  (fine)
+                    S_fw[t,v] = ( A_frames(A_words(C; M_word); M_frame2) + A_words(A_frames(C; M_frame); M_word2) ) / 2
+    logits          = logit_scale x mean of the enabled contrasts
+    AOSM            A(x; M) = sum_j softmax(x / tau)_j (M x)_j,  tau = 0.01
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -43,85 +48,78 @@ def stage_poolings(aggregation: Aggregation) -> tuple[Pooling, Pooling]:
     return first, second  # type: ignore[return-value]
 
 
+# ---- pooling over one dimension of K slots ---------------------------------------------------------------------
+
+
+def aosm(
+    scores: Tensor, weight: Tensor, dim: int, mask: Tensor | None = None, temperature: float = AOSM_TEMPERATURE
+) -> Tensor:
+    """Attention over similarity matrix: ``A(x; M) = sum_j softmax(x / tau)_j (M x)_j`` over ``dim`` (size K).
+
+    scores [..., K, ...], weight M [K,K] (learnable, identity at initialisation), mask broadcastable to scores.
+    A masked slot gets no softmax weight and contributes 0 to ``M x``.
+
+    Example:
+        >>> round(aosm(torch.tensor([[0.2, 0.9, 0.1]]), torch.eye(3), dim=1).item(), 4)  # ~ max at tau 0.01
+        0.9
+    """
+    x = scores.movedim(dim, -1)  # [...,K]
+    valid = None if mask is None else mask.expand_as(scores).movedim(dim, -1)
+    mixed = (x if valid is None else x.masked_fill(~valid, 0.0)) @ weight.T  # (M x)_j = sum_k M_jk x_k
+    logits = x / temperature if valid is None else (x / temperature).masked_fill(~valid, float("-inf"))
+    return (torch.softmax(logits, dim=-1) * mixed).sum(-1)
+
+
+def mean_pool(scores: Tensor, dim: int, mask: Tensor | None = None) -> Tensor:
+    """Mean over ``dim``, over the valid slots only with a mask (at least one slot counted)."""
+    if mask is None:
+        return scores.mean(dim)
+    weight = mask.to(scores.dtype).expand_as(scores)
+    return (scores * weight).sum(dim) / weight.sum(dim).clamp(min=1)
+
+
+def max_pool(scores: Tensor, dim: int, mask: Tensor | None = None) -> Tensor:
+    """Max over ``dim``, over the valid slots only with a mask."""
+    return (scores if mask is None else scores.masked_fill(~mask, float("-inf"))).amax(dim)
+
+
 def pool(
     scores: Tensor,
     dim: int,
-    how: Pooling = "aosm",
+    how: Pooling,
     weight: Tensor | None = None,
     mask: Tensor | None = None,
     temperature: float = AOSM_TEMPERATURE,
-    overwrite: bool = False,
 ) -> Tensor:
-    """Reduce ``scores`` over ``dim`` (of size K) by AOSM, mean or max.
-
-    AOSM (spec §6): ``a = softmax(x / temperature)``, ``A(x; M) = sum_k (a M)_k x_k = sum_j a_j (M x)_j``, with
-    the learnable mixing matrix ``weight`` = M [K,K] (identity at initialisation). ``mask`` (bool, broadcastable
-    to ``scores``, True = valid) excludes slots; ``None`` keeps all of them (the official behaviour).
-
-    The softmax is taken as ``sum_j e_j (M x)_j / sum_j e_j`` with ``e = exp((x - max x) / temperature)``: the
-    same value, without normalising the whole tensor. Reductions are fastest over a dimension that is not the last.
-    ``overwrite=True`` lets AOSM reuse ``scores`` as its work buffer (for a caller's last use of a large tensor);
-    ignored while autograd records ``scores``.
-
-    Example:
-        >>> x = torch.tensor([[0.2, 0.9, 0.1]])
-        >>> round(pool(x, dim=1, weight=torch.eye(3)).item(), 4)  # softmax at tau 0.01 is almost max
-        0.9
-    """
+    """``aosm`` (with its matrix ``weight``), ``mean`` or ``max`` over ``dim``."""
+    if how == "aosm":
+        if weight is None:
+            raise ValueError("AOSM pooling needs its mixing matrix `weight` [K,K]")
+        return aosm(scores, weight, dim, mask, temperature)
     if how == "mean":
-        if mask is None:
-            return scores.mean(dim)
-        mask = mask.to(scores.dtype)
-        return (scores * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+        return mean_pool(scores, dim, mask)
     if how == "max":
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        return scores.amax(dim)
-    if how != "aosm":
-        raise ValueError(f"unknown pooling {how!r}; expected aosm, mean or max")
-    if weight is None:
-        raise ValueError("AOSM pooling needs its mixing matrix `weight` [K,K]")
-    overwrite = overwrite and not (scores.requires_grad and torch.is_grad_enabled())  # autograd needs scores intact
-    weighted = _mix(scores if mask is None else scores.masked_fill(~mask, 0.0), weight, dim)  # (M x), new tensor
-    if mask is not None:
-        scores = scores.masked_fill_(~mask, float("-inf")) if overwrite else scores.masked_fill(~mask, float("-inf"))
-        overwrite = True
-    shifted = scores.sub_(scores.amax(dim, keepdim=True)) if overwrite else scores - scores.amax(dim, keepdim=True)
-    exp = shifted.mul_(1.0 / temperature).exp_()  # unnormalised softmax weights
-    return weighted.mul_(exp).sum(dim) / exp.sum(dim)
+        return max_pool(scores, dim, mask)
+    raise ValueError(f"unknown pooling {how!r}; expected aosm, mean or max")
 
 
-def _mix(scores: Tensor, weight: Tensor, dim: int) -> Tensor:
-    """(M x) along ``dim``: out[..., j, ...] = sum_k M[j, k] x[..., k, ...]."""
-    dim = dim % scores.dim()
-    if dim == scores.dim() - 1:
-        return scores @ weight.T
-    # [lead, K, rest] as a batch of [K,K] @ [K,rest] products: bmm reads the contiguous tensor as it is, where
-    # `weight @ x` would transpose the whole tensor there and back (two full copies)
-    k = scores.shape[dim]
-    batched = scores.reshape(-1, k, math.prod(scores.shape[dim + 1 :]))
-    return torch.bmm(weight.expand(batched.shape[0], k, k), batched).view(scores.shape)
+# ---- the video-level feature (spec §5) -------------------------------------------------------------------------
 
 
-def frames_by_slot(frame_emb: Tensor) -> Tensor:
-    """[Nv,T,D] -> [T*Nv,D], slot-major, so that scores against it come out as [..., T, Nv]."""
-    return frame_emb.transpose(0, 1).reshape(-1, frame_emb.shape[-1])
-
-
-def video_pool(frame_emb: Tensor, frame_mask: Tensor) -> Tensor:
-    """Video feature: normalise each frame, masked mean over valid frames, normalise again (spec §5).
-
-    frame_emb [Nv,T,D] (temporal-encoder output), frame_mask [Nv,T] bool -> video_emb [Nv,D]. The divisor is
-    the number of valid frames, replaced by 1 when it is 0 (the official guard).
-    """
+def video_feature(frame_emb: Tensor, frame_mask: Tensor) -> Tensor:
+    """``u_v = normalise(mean over valid frames of normalise(phi_vf))``: frame_emb [Nv,T,D] (temporal-encoder
+    output), frame_mask [Nv,T] -> video_emb [Nv,D]. The divisor is clamped to 1 (the official guard)."""
     mask = frame_mask.to(frame_emb.dtype).unsqueeze(-1)  # [Nv,T,1]
     summed = (F.normalize(frame_emb, dim=-1) * mask).sum(1)  # [Nv,D]
     return F.normalize(summed / mask.sum(1).clamp(min=1), dim=-1)
 
 
+# ---- the four contrasts (spec §6) ------------------------------------------------------------------------------
+
+
 def video_sentence(sentence_emb: Tensor, video_emb: Tensor, global_mat: Tensor) -> Tensor:
-    """Coarse contrast: bilinear ``sigma_t^T G u_v``. sentence [Nt,D], video [Nv,D], G [D,D] -> [Nt,Nv]."""
-    return (sentence_emb @ global_mat) @ video_emb.T
+    """Coarse: ``sentence_t^T G video_v``. sentence [Nt,D], video [Nv,D], G [D,D] -> [Nt,Nv]."""
+    return sentence_emb @ global_mat @ video_emb.T
 
 
 def video_word(
@@ -132,8 +130,8 @@ def video_word(
     word_mask: Tensor | None = None,
     temperature: float = AOSM_TEMPERATURE,
 ) -> Tensor:
-    """Cross contrast: each word against the video, pooled over words. words [Nt,L,D], video [Nv,D] -> [Nt,Nv]."""
-    scores = word_emb @ video_emb.T  # [Nt,L,Nv]
+    """Cross: every word against the video, pooled over words. words [Nt,L,D], video [Nv,D] -> [Nt,Nv]."""
+    scores = torch.einsum("tld,vd->tlv", word_emb, video_emb)  # [Nt,L,Nv]
     mask = None if word_mask is None else word_mask[:, :, None]  # [Nt,L,1]
     return pool(scores, 1, how, word_logit_weight, mask, temperature)
 
@@ -145,50 +143,42 @@ def sentence_frame(
     how: Pooling = "aosm",
     frame_mask: Tensor | None = None,
     temperature: float = AOSM_TEMPERATURE,
-    frames_slot_major: Tensor | None = None,
 ) -> Tensor:
-    """Cross contrast: the sentence against each frame, pooled over frames. [Nt,D], [Nv,T,D] -> [Nt,Nv]."""
-    nv, num_frames, _ = frame_emb.shape
-    slot_major = frames_by_slot(frame_emb) if frames_slot_major is None else frames_slot_major
-    scores = (sentence_emb @ slot_major.T).view(-1, num_frames, nv)  # [Nt,T,Nv]
+    """Cross: the sentence against every frame, pooled over frames. sentence [Nt,D], frames [Nv,T,D] -> [Nt,Nv]."""
+    scores = torch.einsum("td,vfd->tfv", sentence_emb, frame_emb)  # [Nt,T,Nv]
     mask = None if frame_mask is None else frame_mask.T[None]  # [1,T,Nv]
     return pool(scores, 1, how, frame_logit_weight, mask, temperature)
 
 
 def frame_word(
-    word_local: Tensor,
+    word_emb: Tensor,
     frame_emb: Tensor,
-    weights: dict[str, Tensor | None],
+    local_mat: Tensor,
+    word_mat: Tensor | None,
+    frame_mat: Tensor | None,
+    frame_mat2: Tensor | None,
+    word_mat2: Tensor | None,
     poolings: tuple[Pooling, Pooling] = ("aosm", "aosm"),
     word_mask: Tensor | None = None,
     frame_mask: Tensor | None = None,
     temperature: float = AOSM_TEMPERATURE,
-    frames_slot_major: Tensor | None = None,
 ) -> Tensor:
-    """Fine contrast: the L x T word-frame matrix per pair, pooled twice (spec §6.4).
-
-    ``word_local`` = ``omega Lambda`` [Nt,L,D], the words already multiplied by ``local_mat_weight`` (done once per
-    text, not once per block of videos). ``C[t,l,v,f] = word_local_tl . phi_vf``. First stage: over words for each
-    frame (``word_mat_weight``) giving r [Nt,T,Nv], and over frames for each word (``frame_mat_weight``) giving
-    c [Nt,L,Nv]. Second stage: ``(A(r; frame_mat_weight2) + A(c; word_mat_weight2)) / 2``.
-
-    frame_emb [Nv,T,D] -> [Nt,Nv]. ``weights`` holds the four L x L / T x T matrices by their official names (only
-    read for AOSM stages). ``frames_slot_major`` may pass ``frames_by_slot(frame_emb)`` when the caller reuses it.
-    """
-    nt, num_words, dim = word_local.shape
-    nv, num_frames, _ = frame_emb.shape
+    """Fine: the L x T word-frame matrix of every pair, pooled in two stages. words [Nt,L,D], frames [Nv,T,D] ->
+    [Nt,Nv]. First stage: over words for each frame (``word_mat``) and over frames for each word (``frame_mat``);
+    second stage: over the frames (``frame_mat2``) and over the words (``word_mat2``); the two are averaged."""
     first, second = poolings
-    slot_major = frames_by_slot(frame_emb) if frames_slot_major is None else frames_slot_major
-    # [Nt*L,D] @ [D,T*Nv] -> C [Nt,L,T,Nv]: the one large GEMM of the head. Videos innermost, so that every
-    # reduction below runs over a dimension with a long contiguous inner stride.
-    fine = (word_local.reshape(-1, dim) @ slot_major.T).view(nt, num_words, num_frames, nv)
-    wmask = None if word_mask is None else word_mask[:, :, None, None]  # [Nt,L,1,1]
-    fmask = None if frame_mask is None else frame_mask.T[None, None]  # [1,1,T,Nv]
-    per_frame = pool(fine, 1, first, weights.get("word_mat_weight"), wmask, temperature)  # r [Nt,T,Nv]
-    per_word = pool(fine, 2, first, weights.get("frame_mat_weight"), fmask, temperature, overwrite=True)  # c [Nt,L,Nv]
-    del fine
-    fmask2 = None if frame_mask is None else frame_mask.T[None]  # [1,T,Nv]
-    wmask2 = None if word_mask is None else word_mask[:, :, None]  # [Nt,L,1]
-    sent2frame = pool(per_frame, 1, second, weights.get("frame_mat_weight2"), fmask2, temperature)  # [Nt,Nv]
-    video2word = pool(per_word, 1, second, weights.get("word_mat_weight2"), wmask2, temperature)  # [Nt,Nv]
-    return (sent2frame + video2word) / 2
+    fine = torch.einsum("tld,de,vfe->tlfv", word_emb, local_mat, frame_emb)  # C [Nt,L,T,Nv]
+    word_mask_c = None if word_mask is None else word_mask[:, :, None, None]  # [Nt,L,1,1]
+    frame_mask_c = None if frame_mask is None else frame_mask.T[None, None]  # [1,1,T,Nv]
+    per_frame = pool(fine, 1, first, word_mat, word_mask_c, temperature)  # [Nt,T,Nv]
+    per_word = pool(fine, 2, first, frame_mat, frame_mask_c, temperature)  # [Nt,L,Nv]
+    frame_mask_r = None if frame_mask is None else frame_mask.T[None]  # [1,T,Nv]
+    word_mask_r = None if word_mask is None else word_mask[:, :, None]  # [Nt,L,1]
+    sentence_to_frames = pool(per_frame, 1, second, frame_mat2, frame_mask_r, temperature)  # [Nt,Nv]
+    video_to_words = pool(per_word, 1, second, word_mat2, word_mask_r, temperature)  # [Nt,Nv]
+    return (sentence_to_frames + video_to_words) / 2
+
+
+def xclip_logits(contrasts: Sequence[Tensor], logit_scale: Tensor | float) -> Tensor:
+    """The X-CLIP logits: ``logit_scale`` times the mean of the enabled contrasts [Nt,Nv] (spec §6, §7)."""
+    return logit_scale * torch.stack(list(contrasts)).mean(0)

@@ -21,7 +21,15 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokeniz
 
 from xclip_lightning.data.tokenize import TokenizedText, tokenize
 from xclip_lightning.model.encoders import CLIPEncoders
-from xclip_lightning.model.head import DEFAULT_BLOCK_ELEMENTS, TextFeatures, VideoFeatures, XCLIPHead
+from xclip_lightning.model.head import (
+    DEFAULT_BLOCK_ELEMENTS,
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_WORDS,
+    DEFAULT_TEMPORAL_LAYERS,
+    TextFeatures,
+    VideoFeatures,
+    XCLIPHead,
+)
 from xclip_lightning.model.temporal import init_from_clip_text
 
 WEIGHTS_FILE = "model.safetensors"
@@ -79,9 +87,9 @@ class XCLIP(nn.Module):
     def from_clip(
         cls,
         clip_name_or_path: str,
-        max_words: int = 32,
-        max_frames: int = 12,
-        temporal_layers: int = 4,
+        max_words: int = DEFAULT_MAX_WORDS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        temporal_layers: int = DEFAULT_TEMPORAL_LAYERS,
         init_temporal_from_clip: bool = True,
         clip_spec: dict[str, Any] | None = None,
         **head_kwargs: Any,
