@@ -238,6 +238,74 @@ def _video_stream(container: av.container.InputContainer, path: str | os.PathLik
     return stream
 
 
+def _demux_plan(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, picker: _Picker, max_frames: int
+) -> tuple[list[av.Packet], set[int], list[bool]] | None:
+    """Step 1 of the fast path: every packet (demuxed once), the decode indices of the target frames, and which
+    packets must be decoded: from the last keyframe before each target (in decode order) that precedes it in time.
+    None when the packets cannot carry a plan (no pts, no keyframe first, a target without such a keyframe)."""
+    packets = []
+    for packet in container.demux(stream):
+        if packet.size == 0:
+            continue
+        if packet.pts is None or (not packets and not packet.is_keyframe):
+            return None
+        packets.append(packet)
+    if not packets:
+        return None
+    pts = [p.pts for p in packets]
+    order = sorted(range(len(packets)), key=pts.__getitem__)  # decode index by presentation order
+    picked = [i for i in order if picker.accept(pts[i]) and not picker.done]
+    targets = {picked[n] for n in linspace_indices(len(picked), max_frames)}
+    needed = [False] * len(packets)
+    keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
+    for target in targets:
+        starts = [k for k in keyframes if k <= target and pts[k] <= pts[target]]
+        if not starts:  # e.g. an open-GOP cut: leading frames that reference a GOP the file does not have
+            return None
+        needed[starts[-1] : target + 1] = [True] * (target + 1 - starts[-1])
+    return packets, targets, needed
+
+
+def _decode_segments(
+    context: av.CodecContext,
+    packets: list[av.Packet],
+    targets: set[int],
+    needed: list[bool],
+    transform: FrameTransform | None,
+) -> dict[int, Tensor]:
+    """Step 2 of the fast path: decode only the needed packets (non-reference frames skipped away from targets),
+    draining and resetting the decoder between segments; each target converted as it comes out, by pts.
+    Raises ``_UntrustedPlan`` if frames come out of presentation order (their pts cannot be trusted)."""
+    wanted_pts = {packets[i].pts for i in targets}
+    got: dict[int, Tensor] = {}  # converted as they come out: never 64 full-size decoded frames held
+    last_out = -math.inf
+
+    def collect(frames: list[av.VideoFrame]) -> None:
+        nonlocal last_out
+        for frame in frames:
+            if frame.pts is None or frame.pts <= last_out:
+                raise _UntrustedPlan
+            last_out = frame.pts
+            if frame.pts in wanted_pts:
+                got[frame.pts] = _to_tensor(frame, transform)
+
+    for i, packet in enumerate(packets):
+        if not needed[i]:
+            if i > 0 and needed[i - 1]:  # end of a segment: drain the decoder, then reset it
+                collect(context.decode(None))
+                context.flush_buffers()
+                last_out = -math.inf
+            continue
+        skip = "DEFAULT" if i in targets else "NONREF"
+        if context.skip_frame != skip:
+            context.skip_frame = skip
+        collect(context.decode(packet))
+    context.skip_frame = "DEFAULT"
+    collect(context.decode(None))
+    return got
+
+
 def _planned(
     path: str | os.PathLike,
     fps: float,
@@ -258,54 +326,11 @@ def _planned(
             return None
         stream = _video_stream(container, path)
         picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time, stream.time_base)
-        packets = []
-        for packet in container.demux(stream):
-            if packet.size == 0:
-                continue
-            if packet.pts is None or (not packets and not packet.is_keyframe):
-                return None
-            packets.append(packet)
-        if not packets:
+        plan = _demux_plan(container, stream, picker, max_frames)
+        if plan is None:
             return None
-        pts = [p.pts for p in packets]
-        order = sorted(range(len(packets)), key=pts.__getitem__)  # decode index by presentation order
-        picked = [i for i in order if picker.accept(pts[i]) and not picker.done]
-        targets = {picked[n] for n in linspace_indices(len(picked), max_frames)}  # decode indices
-        # each target needs decoding from the last keyframe before it (in decode order) that precedes it in time
-        needed = [False] * len(packets)
-        keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
-        for target in targets:
-            starts = [k for k in keyframes if k <= target and pts[k] <= pts[target]]
-            if not starts:  # e.g. an open-GOP cut: leading frames that reference a GOP the file does not have
-                return None
-            needed[starts[-1] : target + 1] = [True] * (target + 1 - starts[-1])
-        wanted_pts = {pts[i] for i in targets}
-        context = stream.codec_context
-        got: dict[int, Tensor] = {}  # converted as they come out: never 64 full-size decoded frames held
-        last_out = -math.inf
-
-        def collect(frames: list[av.VideoFrame]) -> None:
-            nonlocal last_out
-            for frame in frames:
-                if frame.pts is None or frame.pts <= last_out:  # not in presentation order: pts can't be trusted
-                    raise _UntrustedPlan
-                last_out = frame.pts
-                if frame.pts in wanted_pts:
-                    got[frame.pts] = _to_tensor(frame, transform)
-
-        for i, packet in enumerate(packets):
-            if not needed[i]:
-                if i > 0 and needed[i - 1]:  # end of a segment: drain the decoder, then reset it
-                    collect(context.decode(None))
-                    context.flush_buffers()
-                    last_out = -math.inf
-                continue
-            skip = "DEFAULT" if i in targets else "NONREF"
-            if context.skip_frame != skip:
-                context.skip_frame = skip
-            collect(context.decode(packet))
-        context.skip_frame = "DEFAULT"
-        collect(context.decode(None))
+        packets, targets, needed = plan
+        got = _decode_segments(stream.codec_context, packets, targets, needed, transform)
         if len(got) != len(targets):
             return None
         return [(picker.seconds(t), got[t]) for t in sorted(got)]
