@@ -135,10 +135,15 @@ def test_every_kind_of_raw_caption_gets_the_official_ids(clip_tokenizer):
 
 
 def test_without_cleaning_the_raw_captions_get_other_ids(clip_tokenizer):
+    """The fast tokenizer does not clean (so 7+ of the captions change); the slow one of transformers 4 runs ftfy
+    itself, and then the cleaning is idempotent: the same ids either way."""
     official = OfficialSimpleTokenizer()
     raw = tokenize(clip_tokenizer, CAPTIONS, max_words=40, clean=False)
     differ = [c for row, c in enumerate(CAPTIONS) if content_ids(raw, row) != official.encode(c)]
-    assert len(differ) >= 7 and "a plain caption" not in differ  # entities, quotes, ligature, width, mojibake
+    if clip_tokenizer.is_fast:
+        assert len(differ) >= 7 and "a plain caption" not in differ  # entities, quotes, ligature, width, mojibake
+    else:
+        assert differ == []
 
 
 def test_cleaning_applies_to_any_tokenizer_the_model_uses(tiny_clip_dir):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
 
@@ -53,7 +55,14 @@ def test_init_copies_clip_text_blocks_and_positions(tiny_clip_dir):
     # the copied block computes what the CLIP layer computes without its causal mask (LayerNorm eps aside)
     x = torch.randn(2, 6, head.embed_dim)
     ours = head.transformerClip.resblocks[0](x, torch.zeros(2, 6))
-    theirs = text.encoder.layers[0](x, attention_mask=None)
+    layer = text.encoder.layers[0]
+    # transformers 4 takes a separate causal mask argument (None = no mask), transformers 5 does not
+    extra = (
+        {"causal_attention_mask": None}
+        if "causal_attention_mask" in inspect.signature(layer.forward).parameters
+        else {}
+    )
+    theirs = layer(x, attention_mask=None, **extra)
     theirs = theirs[0] if isinstance(theirs, tuple) else theirs
     torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
 
