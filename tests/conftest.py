@@ -44,3 +44,10 @@ def require_or_skip(available: bool, what: str) -> None:
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random tiny CLIP + trained tokenizer saved with save_pretrained, loaded by tests via from_pretrained."""
     return str(build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), CAPTIONS * 4, seed=0))
+
+
+def touch(path: Path) -> Path:
+    """A one-byte stand-in for a video file (readers only look for it), with its folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x00")
+    return path

@@ -346,6 +346,7 @@ def _encode(
     loader = DataLoader(
         _Decode(todo, settings), batch_size=batch_size, num_workers=workers, collate_fn=list, worker_init_fn=worker_init
     )
+    (writer.folder / THUMBS).mkdir(parents=True, exist_ok=True)
     with tqdm(total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=not progress) as bar:
         for items in loader:
             bar.update(len(items))
@@ -363,7 +364,6 @@ def _encode(
                 path = todo[item["index"]]
                 stat = path.stat()
                 vid = entry_id(str(path), stat.st_size, stat.st_mtime_ns)
-                (writer.folder / THUMBS).mkdir(exist_ok=True)
                 (writer.folder / THUMBS / f"{vid}.jpg").write_bytes(item["jpeg"].numpy().tobytes())
                 entry = asdict(
                     IndexEntry(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import touch
 from miniatures import BUILDERS
 from xclip_lightning.data.benchmarks import (
     AnnotationError,
@@ -22,12 +23,6 @@ from xclip_lightning.data.benchmarks import (
     read_msrvtt,
     read_msvd,
 )
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x00")
-    return path
 
 
 @pytest.fixture

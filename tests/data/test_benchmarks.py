@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import touch
 from xclip_lightning.data.benchmarks import AnnotationError, MissingVideosError, read_msrvtt, read_msvd
-
-
-def touch(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"\x00")
-    return path
 
 
 @pytest.fixture
