@@ -52,10 +52,12 @@ class GradCapture(Callback):
             torch.save(grads, self.path)
 
 
-def one_step_grads(tiny_clip_dir, items, path, devices: int, batch_size: int) -> dict[str, torch.Tensor]:
+def one_step_grads(
+    tiny_clip_dir, items, path, devices: int, batch_size: int, **model_kwargs
+) -> dict[str, torch.Tensor]:
     """Gradients of one training step in float64 (so that only the arithmetic, not rounding, can differ)."""
     L.seed_everything(0)
-    model = XCLIPRetrieval(tiny_clip_dir, max_words=WORDS, max_frames=FRAMES)
+    model = XCLIPRetrieval(tiny_clip_dir, max_words=WORDS, max_frames=FRAMES, **model_kwargs)
     trainer = L.Trainer(
         accelerator="cpu",
         precision="64-true",
@@ -85,6 +87,28 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tiny_clip_dir, t
     assert worst < 1e-6, worst
     scale = max(single[n].abs().max().item() for n in single)
     assert scale > 1e-3  # the gradients are not trivially zero
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_gradient_caching_gives_the_gradients_of_plain_training(tiny_clip_dir, tmp_path, chunk):
+    """One process, float64: chunks of 1 or 3 pairs (the last one short) against the whole batch of 5 at once."""
+    items = pairs(tiny_clip_dir, 5)
+    plain = one_step_grads(tiny_clip_dir, items, tmp_path / "plain.pt", 1, 5, max_grad_norm=None)
+    cached = one_step_grads(tiny_clip_dir, items, tmp_path / "gc.pt", 1, 5, max_grad_norm=None, grad_cache_chunk=chunk)
+    assert cached.keys() == plain.keys() and len(plain) > 50
+    worst = max((cached[n] - plain[n]).abs().max().item() for n in plain)
+    assert worst < 1e-10, worst
+    assert max(plain[n].abs().max().item() for n in plain) > 1e-3
+
+
+@pytest.mark.slow
+def test_gradient_caching_under_ddp_equals_one_process_on_the_global_batch(tiny_clip_dir, tmp_path):
+    items = pairs(tiny_clip_dir, 4)
+    ddp = one_step_grads(tiny_clip_dir, items, tmp_path / "ddp.pt", 2, 2, max_grad_norm=None, grad_cache_chunk=1)
+    single = one_step_grads(tiny_clip_dir, items, tmp_path / "one.pt", 1, 4, max_grad_norm=None)
+    assert ddp.keys() == single.keys()
+    worst = max((ddp[n] - single[n]).abs().max().item() for n in single)
+    assert worst < 1e-6, worst
 
 
 def test_forward_needs_no_process_group(tiny_clip_dir):

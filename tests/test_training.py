@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -22,6 +23,7 @@ from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
 from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint
 from xclip_lightning.metrics import retrieval_metrics
+from xclip_lightning.optim import BertAdam
 
 WORDS, FRAMES = 32, 6
 
@@ -50,8 +52,9 @@ def datamodule(synthetic, **kwargs) -> VideoTextDataModule:
     return VideoTextDataModule(**{**args, **kwargs})
 
 
-def model(synthetic) -> XCLIPRetrieval:
-    return XCLIPRetrieval(str(synthetic[1]), max_words=WORDS, max_frames=FRAMES, lr=1e-3, clip_lr_scale=1.0)
+def model(synthetic, **kwargs) -> XCLIPRetrieval:
+    args = dict(max_words=WORDS, max_frames=FRAMES, lr=1e-3, clip_lr_scale=1.0)
+    return XCLIPRetrieval(str(synthetic[1]), **{**args, **kwargs})
 
 
 def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
@@ -73,10 +76,11 @@ class Interrupt(Callback):
         trainer.should_stop = True
 
 
-def test_resuming_an_interrupted_fit_gives_the_same_weights(synthetic, tmp_path):
+@pytest.mark.parametrize("grad_cache_chunk", [None, 3], ids=["plain", "gradient-caching"])
+def test_resuming_an_interrupted_fit_gives_the_same_weights(synthetic, tmp_path, grad_cache_chunk):
     def fit(folder: Path, ckpt_path: str | None = None, interrupt: bool = False) -> dict[str, torch.Tensor]:
         L.seed_everything(0)
-        module = model(synthetic)
+        module = model(synthetic, grad_cache_chunk=grad_cache_chunk)
         callbacks = [ModelCheckpoint(dirpath=folder, save_last=True), *([Interrupt()] if interrupt else [])]
         run = trainer(tmp_path, max_epochs=3, limit_val_batches=0, callbacks=callbacks)
         run.fit(module, datamodule(synthetic), ckpt_path=ckpt_path)
@@ -150,6 +154,20 @@ def test_mixed_precision_training_keeps_the_head_in_fp32(synthetic, tmp_path, pr
     assert module.seen == autocast_on_cpu  # the dtype the step really used
     after = module.model.head.global_mat_weight
     assert after.dtype == torch.float32 and torch.isfinite(after).all() and not torch.equal(before, after)
+
+
+def test_gradient_caching_trains_with_mixed_precision_clipping_and_the_clamp(synthetic, tmp_path):
+    module = model(synthetic, grad_cache_chunk=2, optimizer="bertadam")
+    with torch.no_grad():
+        module.model.encoders.clip.logit_scale.fill_(5.0)  # above ln(100): the clamp must bring it back
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    run = trainer(tmp_path, max_steps=3, limit_val_batches=0, precision="bf16-mixed", enable_checkpointing=False)
+    run.fit(module, datamodule(synthetic))
+    after = module.state_dict()
+    assert run.global_step == 3 and all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+    assert sum(not torch.equal(before[k], after[k]) for k in before) > 50
+    assert module.model.encoders.clip.logit_scale.item() <= math.log(100) + 1e-6  # 3 steps alone: still ~5.0
+    assert isinstance(run.optimizers[0], BertAdam)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

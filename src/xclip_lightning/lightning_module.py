@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -38,6 +38,7 @@ from xclip_lightning.model.head import (
 )
 from xclip_lightning.model.similarity import AOSM_TEMPERATURE, CONTRASTS, Aggregation, Contrast
 from xclip_lightning.model.xclip import XCLIP, tensors_sha256
+from xclip_lightning.optim import BertAdam
 
 # Official optimisation (xclip-spec.md §9): lr 1e-4, CLIP at lr x 1e-3, AdamW-style decoupled decay 0.2,
 # betas (0.9, 0.98), eps 1e-6, 10% linear warmup then 0.5 (1 + cos(pi p)) of the *total* progress p.
@@ -123,6 +124,11 @@ class XCLIPRetrieval(L.LightningModule):
         freeze_clip_embeddings: freeze CLIP's token / position / patch embeddings and ln_pre (official).
         max_grad_norm: global gradient-norm clipping (official 1.0); None turns it off.
         eval_block_elements: memory bound of one block of the full evaluation matrix.
+        optimizer: ``adamw`` (torch's, bias-corrected) or ``bertadam`` (the official one: no bias correction).
+        grad_cache_chunk: gradient caching: encode the batch in chunks of this many pairs without a graph, take the
+            loss over the whole (global) batch, then re-encode chunk by chunk and back-propagate the cached feature
+            gradients. The gradients equal plain training on the same batch; activation memory is that of one
+            chunk, so the official global batch fits on fewer or smaller GPUs. None: plain training.
     """
 
     def __init__(
@@ -144,6 +150,8 @@ class XCLIPRetrieval(L.LightningModule):
         freeze_clip_embeddings: bool = True,
         max_grad_norm: float | None = MAX_GRAD_NORM,
         eval_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+        optimizer: Literal["adamw", "bertadam"] = "adamw",
+        grad_cache_chunk: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -163,6 +171,11 @@ class XCLIPRetrieval(L.LightningModule):
             for name, parameter in self.model.encoders.clip.named_parameters():
                 if name.startswith(FROZEN_CLIP_PARAMETERS):
                     parameter.requires_grad_(False)
+        if grad_cache_chunk is not None and grad_cache_chunk < 1:
+            raise ValueError(f"grad_cache_chunk must be at least 1 (or None), got {grad_cache_chunk}")
+        if optimizer not in ("adamw", "bertadam"):
+            raise ValueError(f"unknown optimizer {optimizer!r}: use 'adamw' or 'bertadam'")
+        self.automatic_optimization = grad_cache_chunk is None  # gradient caching runs its own backward passes
         self.model.train()  # from_pretrained leaves CLIP in eval mode
         self._texts: list[dict[str, Tensor]] = []
         self._videos: list[dict[str, Tensor]] = []
@@ -224,17 +237,78 @@ class XCLIPRetrieval(L.LightningModule):
         """Logits [B,B] of a batch of (caption, video) pairs, texts as rows (local batch, no process group)."""
         return self.model(batch["input_ids"], batch["word_mask"], batch["frames"], batch["frame_mask"])
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        if not batch:  # every item of the batch was a skipped bad video (on-the-fly decoding, bad_videos='skip')
-            return None
-        text = self.model.encode_text(batch["input_ids"], batch["word_mask"])
-        video = self.model.encode_video(batch["frames"], batch["frame_mask"])
+    def _global_loss(self, text: TextFeatures, video: VideoFeatures) -> Tensor:
+        """Symmetric InfoNCE over the global batch (every rank's features gathered, gradients kept)."""
         text, video = self._gather_features(text, video)
         logits = self.model.head.score(text, video, self.model.logit_scale())["logits"]
         loss = symmetric_infonce(logits)
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         self.log("train/logit_scale", self.model.logit_scale().detach(), batch_size=logits.shape[0])
         return loss
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if not batch:  # every item of the batch was a skipped bad video (on-the-fly decoding, bad_videos='skip')
+            return None
+        if not self.automatic_optimization:
+            return self._grad_cache_step(batch)
+        text = self.model.encode_text(batch["input_ids"], batch["word_mask"])
+        video = self.model.encode_video(batch["frames"], batch["frame_mask"])
+        return self._global_loss(text, video)
+
+    def _encode_chunk(self, batch: dict[str, Tensor], rows: slice) -> tuple[TextFeatures, VideoFeatures]:
+        text = self.model.encode_text(batch["input_ids"][rows], batch["word_mask"][rows])
+        return text, self.model.encode_video(batch["frames"][rows], batch["frame_mask"][rows])
+
+    def _grad_cache_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """One optimiser step with gradient caching (Gao et al. 2021), exact for the global contrastive batch.
+
+        1. encode every chunk without a graph; 2. the loss over the gathered global batch, back-propagated into the
+        head's parameters and into the (detached) features; 3. each chunk re-encoded with its graph, back-propagating
+        the cached feature gradients into the encoders. Under DDP the reducer stays out of these passes (it expects
+        one backward per forward); the gradients are then averaged over ranks in one all-reduce, as DDP would.
+        """
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # fp16 AMP: gradients stay scaled
+        size = batch["input_ids"].shape[0]
+        chunks = [slice(i, i + self.hparams.grad_cache_chunk) for i in range(0, size, self.hparams.grad_cache_chunk)]
+        with torch.no_grad():
+            encoded = [self._encode_chunk(batch, rows) for rows in chunks]
+        text = TextFeatures(*(torch.cat(x) for x in zip(*(t for t, _ in encoded), strict=True)))
+        video = VideoFeatures(*(torch.cat(x) for x in zip(*(v for _, v in encoded), strict=True)))
+        leaves = [x.detach().requires_grad_() for x in (text.sentence, text.words, video.video, video.frames)]
+        optimizer.zero_grad()
+        loss = self._global_loss(
+            TextFeatures(leaves[0], leaves[1], text.word_mask), VideoFeatures(leaves[2], leaves[3], video.frame_mask)
+        )
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        cached = [leaf.grad for leaf in leaves]
+        for rows in chunks:
+            text_chunk, video_chunk = self._encode_chunk(batch, rows)
+            features = (text_chunk.sentence, text_chunk.words, video_chunk.video, video_chunk.frames)
+            torch.autograd.backward(features, [grad[rows] for grad in cached])
+        self._average_gradients_over_ranks()
+        if self.hparams.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer.optimizer)
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        return loss.detach()
+
+    def on_train_start(self) -> None:
+        model = self.trainer.strategy.model
+        if not self.automatic_optimization and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model.require_backward_grad_sync = False  # gradient caching averages the gradients itself
+
+    def _average_gradients_over_ranks(self) -> None:
+        if self.trainer.world_size == 1:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.trainer.world_size
+        for grad, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            grad.copy_(part.view_as(grad))
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -252,7 +326,10 @@ class XCLIPRetrieval(L.LightningModule):
             }
             for (is_clip, decay), params in sorted(groups.items())
         ]
-        optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        if hp.optimizer == "bertadam":
+            optimizer = BertAdam(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        else:
+            optimizer = torch.optim.AdamW(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total, hp.warmup_fraction)
