@@ -48,6 +48,7 @@ bench: $(BENCH_STAMP) ## Run the benchmarks (each prints a table and one JSON li
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/index_memory.py
 	$(BIN)/python bench/decode_memory.py
+	$(BIN)/python bench/train_step.py
 
 demo: install ## Train and test on the embedded synthetic dataset (CPU, a few minutes), print the retrieval table
 	$(BIN)/xclip-lightning demo
