@@ -101,6 +101,16 @@ def test_gradient_caching_gives_the_gradients_of_plain_training(tiny_clip_dir, t
     assert max(plain[n].abs().max().item() for n in plain) > 1e-3
 
 
+def test_activation_checkpointing_gives_the_same_gradients(tiny_clip_dir, tmp_path):
+    items = pairs(tiny_clip_dir, 4)
+    plain = one_step_grads(tiny_clip_dir, items, tmp_path / "plain.pt", 1, 4)
+    checkpointed = one_step_grads(tiny_clip_dir, items, tmp_path / "ckpt.pt", 1, 4, gradient_checkpointing=True)
+    model = XCLIPRetrieval(tiny_clip_dir, max_words=WORDS, max_frames=FRAMES, gradient_checkpointing=True)
+    assert model.model.encoders.clip.text_model.encoder.gradient_checkpointing  # really on
+    assert checkpointed.keys() == plain.keys()
+    assert max((checkpointed[n] - plain[n]).abs().max().item() for n in plain) < 1e-10
+
+
 @pytest.mark.slow
 def test_gradient_caching_under_ddp_equals_one_process_on_the_global_batch(tiny_clip_dir, tmp_path):
     items = pairs(tiny_clip_dir, 4)

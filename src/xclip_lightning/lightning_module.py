@@ -129,6 +129,8 @@ class XCLIPRetrieval(L.LightningModule):
             loss over the whole (global) batch, then re-encode chunk by chunk and back-propagate the cached feature
             gradients. The gradients equal plain training on the same batch; activation memory is that of one
             chunk, so the official global batch fits on fewer or smaller GPUs. None: plain training.
+        gradient_checkpointing: recompute the CLIP towers' activations in the backward pass instead of storing
+            them (transformers' activation checkpointing, non-reentrant): less memory, one more forward pass.
     """
 
     def __init__(
@@ -152,6 +154,7 @@ class XCLIPRetrieval(L.LightningModule):
         eval_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
         optimizer: Literal["adamw", "bertadam"] = "adamw",
         grad_cache_chunk: int | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -176,6 +179,8 @@ class XCLIPRetrieval(L.LightningModule):
         if optimizer not in ("adamw", "bertadam"):
             raise ValueError(f"unknown optimizer {optimizer!r}: use 'adamw' or 'bertadam'")
         self.automatic_optimization = grad_cache_chunk is None  # gradient caching runs its own backward passes
+        if gradient_checkpointing:
+            self.model.encoders.clip.gradient_checkpointing_enable({"use_reentrant": False})
         self.model.train()  # from_pretrained leaves CLIP in eval mode
         self._texts: list[dict[str, Tensor]] = []
         self._videos: list[dict[str, Tensor]] = []
