@@ -31,9 +31,9 @@ folder, batch, frames, chunk, device = sys.argv[1], int(sys.argv[2]), int(sys.ar
 torch.manual_seed(0)
 cache_chunk = None if chunk == "none" else int(chunk)
 module = XCLIPRetrieval(folder, max_words=32, max_frames=frames, grad_cache_chunk=cache_chunk)
-size = module.model.encoders.image_size
+size, vocab = module.model.encoders.image_size, module.model.encoders.clip.config.text_config.vocab_size
 items = [
-    {"input_ids": torch.randint(3, 400, (32,)), "word_mask": torch.ones(32, dtype=torch.bool),
+    {"input_ids": torch.randint(3, vocab, (32,)), "word_mask": torch.ones(32, dtype=torch.bool),
      "frames": torch.randint(0, 256, (frames, 3, size, size), dtype=torch.uint8),
      "frame_mask": torch.ones(frames, dtype=torch.bool), "video_index": torch.tensor(i)}
     for i in range(2 * batch)
