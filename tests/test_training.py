@@ -341,3 +341,15 @@ def test_a_checkpoint_stands_alone_without_clip_or_the_working_directory(tmp_pat
         fresh = XCLIPRetrieval("gone", max_words=WORDS, max_frames=FRAMES)
     result = trainer(tmp_path).test(fresh, test_dm, ckpt_path=str(ckpt), verbose=False)[0]
     assert 0 <= result["test/t2v_R1"] <= 100
+
+
+def test_the_official_overlay_composes_with_every_benchmark_and_trains(synthetic, tmp_path):
+    official = REPO / "configs" / "official.yaml"
+    for config in sorted((REPO / "configs").glob("*/vitb32.yaml")):
+        parsed = yaml.safe_load(print_config(config, official))
+        assert parsed["model"]["optimizer"] == "bertadam" and parsed["data"]["sampling"] == "official"
+    main(["fit", *cli_args(synthetic, tmp_path), "--config", str(official), "--trainer.max_steps=2"])
+    run = tmp_path / "runs" / "synthetic" / "version_0"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["optimizer"] == "bertadam" and saved["data"]["didemo_lookup"] == "official"
+    assert (run / "checkpoints" / "last.ckpt").is_file()
