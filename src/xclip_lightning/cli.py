@@ -29,7 +29,7 @@ from xclip_lightning.callbacks import FeatureWriter
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint
 
-TOOLS = ("export", "index", "search", "demo")
+TOOLS = ("export", "index", "search", "demo", "convert")
 CONFIGS = Path(__file__).parent / "configs"  # shipped in the wheel: --config msrvtt/vitb32 finds them anywhere
 DESCRIPTION = (
     "X-CLIP text-video retrieval. Training: fit / validate / test / predict (LightningCLI; --config takes a YAML "

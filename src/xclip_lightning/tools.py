@@ -115,3 +115,25 @@ def demo(argv: Sequence[str]) -> None:
     from xclip_lightning.demo import main as run_demo
 
     run_demo(argv)
+
+
+def convert(argv: Sequence[str]) -> None:
+    """Turn an official X-CLIP / CLIP4Clip checkpoint into a model folder, or OpenAI CLIP weights into a CLIP
+    folder (see convert.py); loading never runs pickled code."""
+    parser = argparse.ArgumentParser(prog="xclip-lightning convert", description=convert.__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--official", help="an official checkpoint (pytorch_model.bin.N): -> XCLIP.from_pretrained")
+    source.add_argument("--openai-clip", help="an OpenAI CLIP state dict: -> a CLIP folder for clip_name_or_path")
+    parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer name or folder (default: ViT-B/32's)")
+    args = parser.parse_args(argv)
+    from xclip_lightning import convert as conversions
+    from xclip_lightning.model.head import DEFAULT_CLIP
+
+    tokenizer = args.tokenizer or DEFAULT_CLIP
+    if args.official:
+        folder = conversions.convert_official(args.official, args.out, tokenizer)
+        print(f"converted {terminal_safe(args.official)} to {terminal_safe(folder)} (XCLIP.from_pretrained)")
+    else:
+        folder = conversions.convert_openai_clip(args.openai_clip, args.out, tokenizer)
+        print(f"converted {terminal_safe(args.openai_clip)} to {terminal_safe(folder)} (use as clip_name_or_path)")

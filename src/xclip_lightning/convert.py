@@ -1,0 +1,157 @@
+"""Bring existing checkpoints: OpenAI CLIP state dicts and official X-CLIP / CLIP4Clip checkpoints.
+
+    xclip-lightning convert --openai-clip ViT-B-32.state_dict.pt --out clip-vitb32 [--tokenizer NAME_OR_DIR]
+    xclip-lightning convert --official pytorch_model.bin.4 --out xclip-msrvtt [--tokenizer NAME_OR_DIR]
+
+(a) An OpenAI CLIP state dict (OpenAI's names: ``visual.conv1.weight``, ``transformer.resblocks.0.attn.in_proj_weight``
+...) becomes a transformers ``CLIPModel`` folder, usable as ``clip_name_or_path``. (b) An official checkpoint (the
+whole state dict: CLIP under ``clip.*`` in OpenAI's names, the head under the official names) becomes an ``XCLIP``
+folder that ``XCLIP.from_pretrained`` loads. Every size (widths, layers, heads, patch, image size, context, vocabulary,
+word and frame slots, temporal layers) is read from the tensor shapes. The tokenizer (CLIP's BPE, which the
+checkpoints do not contain) comes from ``--tokenizer`` (default ``openai/clip-vit-base-patch32``).
+
+Loading never executes pickled code (``torch.load(weights_only=True)``). OpenAI's released ``.pt`` files are
+TorchScript archives, which a weights-only load cannot read; they are refused with the one-line command that turns
+one into a state dict, to run where that code is trusted.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+
+from xclip_lightning.model.encoders import CLIPEncoders
+from xclip_lightning.model.head import DEFAULT_CLIP, XCLIPHead
+from xclip_lightning.model.xclip import XCLIP
+
+HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64, in both towers
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """A state dict from a file, weights only; a TorchScript archive is refused with what to do."""
+    path = Path(path)
+    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        raise ValueError(
+            f"{path} is a TorchScript archive (OpenAI's release format), which cannot be read without running its "
+            f'code. Where you trust it, save its weights once: python -c "import torch; '
+            f"torch.save(torch.jit.load('{path}', map_location='cpu').state_dict(), 'clip.state_dict.pt')\""
+        )
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return state
+
+
+def _layers(state: dict[str, Tensor], prefix: str) -> int:
+    """How many blocks ``prefix.<i>.*`` the state dict holds."""
+    return len({k[len(prefix) :].split(".")[0] for k in state if k.startswith(prefix)})
+
+
+def openai_clip_config(state: dict[str, Tensor]) -> CLIPConfig:
+    """Every size of an OpenAI CLIP (ViT) from its tensors' shapes."""
+    text_width = state["ln_final.weight"].shape[0]
+    vision_width, _, patch, _ = state["visual.conv1.weight"].shape
+    grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
+    return CLIPConfig(
+        text_config={
+            "vocab_size": state["token_embedding.weight"].shape[0],
+            "hidden_size": text_width,
+            "intermediate_size": state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            "num_hidden_layers": _layers(state, "transformer.resblocks."),
+            "num_attention_heads": text_width // HEAD_WIDTH,
+            "max_position_embeddings": state["positional_embedding"].shape[0],
+            "hidden_act": "quick_gelu",
+            "bos_token_id": state["token_embedding.weight"].shape[0] - 2,  # <|startoftext|>
+            "eos_token_id": state["token_embedding.weight"].shape[0] - 1,  # <|endoftext|>
+        },
+        vision_config={
+            "hidden_size": vision_width,
+            "intermediate_size": state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+            "num_hidden_layers": _layers(state, "visual.transformer.resblocks."),
+            "num_attention_heads": vision_width // HEAD_WIDTH,
+            "image_size": grid * patch,
+            "patch_size": patch,
+            "hidden_act": "quick_gelu",
+        },
+        projection_dim=state["text_projection"].shape[1],
+    )
+
+
+def _block(state: dict[str, Tensor], src: str, dst: str) -> dict[str, Tensor]:
+    """One residual block: OpenAI's fused in_proj -> q, k, v; c_fc / c_proj -> fc1 / fc2; ln_1 / ln_2."""
+    q, k, v = state[f"{src}.attn.in_proj_weight"].chunk(3)
+    qb, kb, vb = state[f"{src}.attn.in_proj_bias"].chunk(3)
+    out = {
+        f"{dst}.self_attn.q_proj.weight": q, f"{dst}.self_attn.k_proj.weight": k, f"{dst}.self_attn.v_proj.weight": v,
+        f"{dst}.self_attn.q_proj.bias": qb, f"{dst}.self_attn.k_proj.bias": kb, f"{dst}.self_attn.v_proj.bias": vb,
+    }  # fmt: skip
+    pairs = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2"}
+    pairs.update({"mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"})
+    for a, b in pairs.items():
+        for p in ("weight", "bias"):
+            out[f"{dst}.{b}.{p}"] = state[f"{src}.{a}.{p}"]
+    return out
+
+
+def openai_to_transformers(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """OpenAI CLIP names -> transformers ``CLIPModel`` names (projections transposed, attention unfused)."""
+    out = {
+        "text_model.embeddings.token_embedding.weight": state["token_embedding.weight"],
+        "text_model.embeddings.position_embedding.weight": state["positional_embedding"],
+        "text_model.final_layer_norm.weight": state["ln_final.weight"],
+        "text_model.final_layer_norm.bias": state["ln_final.bias"],
+        "text_projection.weight": state["text_projection"].T,
+        "vision_model.embeddings.class_embedding": state["visual.class_embedding"],
+        "vision_model.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
+        "vision_model.embeddings.position_embedding.weight": state["visual.positional_embedding"],
+        "vision_model.pre_layrnorm.weight": state["visual.ln_pre.weight"],
+        "vision_model.pre_layrnorm.bias": state["visual.ln_pre.bias"],
+        "vision_model.post_layernorm.weight": state["visual.ln_post.weight"],
+        "vision_model.post_layernorm.bias": state["visual.ln_post.bias"],
+        "visual_projection.weight": state["visual.proj"].T,
+        "logit_scale": state["logit_scale"],
+    }
+    for i in range(_layers(state, "transformer.resblocks.")):
+        out.update(_block(state, f"transformer.resblocks.{i}", f"text_model.encoder.layers.{i}"))
+    for i in range(_layers(state, "visual.transformer.resblocks.")):
+        out.update(_block(state, f"visual.transformer.resblocks.{i}", f"vision_model.encoder.layers.{i}"))
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def clip_from_openai(state: dict[str, Tensor]) -> CLIPModel:
+    model = CLIPModel(openai_clip_config(state))
+    missing, unexpected = model.load_state_dict(openai_to_transformers(state), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]  # a buffer, not a weight
+    if missing or unexpected:
+        raise ValueError(f"the OpenAI state dict does not map onto CLIP: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def convert_openai_clip(path: str | Path, out: str | Path, tokenizer: str = DEFAULT_CLIP) -> Path:
+    """(a): an OpenAI CLIP state dict -> a transformers CLIP folder (weights, config, tokenizer)."""
+    model = clip_from_openai(read_state_dict(path))
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
+    return Path(out)
+
+
+def convert_official(path: str | Path, out: str | Path, tokenizer: str = DEFAULT_CLIP) -> Path:
+    """(b): an official X-CLIP / CLIP4Clip checkpoint -> an ``XCLIP`` folder."""
+    state = read_state_dict(path)
+    clip_state = {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}
+    head_state = {k: v for k, v in state.items() if not k.startswith("clip.") and not k.startswith("loss_fct")}
+    if not clip_state or "global_mat_weight" not in head_state:
+        raise ValueError(f"{path}: expected CLIP under clip.* and the X-CLIP head (global_mat_weight, ...)")
+    words = head_state["word_logit_weight"].shape[0]
+    frames = head_state["frame_logit_weight"].shape[0]
+    layers = _layers(head_state, "transformerClip.resblocks.")
+    head = XCLIPHead(clip_state["text_projection"].shape[1], words, frames, temporal_layers=layers)
+    head.load_state_dict({k: v.float() for k, v in head_state.items()}, strict=True)
+    model = XCLIP(CLIPEncoders(clip_from_openai(clip_state)), head, AutoTokenizer.from_pretrained(tokenizer))
+    return model.save_pretrained(out)
