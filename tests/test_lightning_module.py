@@ -111,6 +111,20 @@ def test_activation_checkpointing_gives_the_same_gradients(tiny_clip_dir, tmp_pa
     assert max((checkpointed[n] - plain[n]).abs().max().item() for n in plain) < 1e-10
 
 
+def test_sdpa_and_eager_attention_give_the_same_gradients(tiny_clip_dir, tmp_path):
+    items = pairs(tiny_clip_dir, 4)
+    sdpa = one_step_grads(tiny_clip_dir, items, tmp_path / "sdpa.pt", 1, 4, attention="sdpa")
+    eager = one_step_grads(tiny_clip_dir, items, tmp_path / "eager.pt", 1, 4, attention="eager")
+    implementations = {
+        a: XCLIPRetrieval(tiny_clip_dir, max_words=WORDS, max_frames=FRAMES, attention=a).model.encoders.clip.config
+        for a in ("sdpa", "eager")
+    }
+    assert {a: c._attn_implementation for a, c in implementations.items()} == {"sdpa": "sdpa", "eager": "eager"}
+    # transformers' eager attention takes its softmax in float32 even in a float64 run: 1e-7, not 1e-15
+    worst = max((sdpa[n] - eager[n]).abs().max().item() for n in eager)
+    assert worst < 1e-5 and max(eager[n].abs().max().item() for n in eager) > 1e-3, worst
+
+
 @pytest.mark.slow
 def test_gradient_caching_under_ddp_equals_one_process_on_the_global_batch(tiny_clip_dir, tmp_path):
     items = pairs(tiny_clip_dir, 4)

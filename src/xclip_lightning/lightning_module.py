@@ -27,6 +27,7 @@ from torch import Tensor
 
 from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, first_of_each
+from xclip_lightning.model.encoders import Attention
 from xclip_lightning.model.head import (
     DEFAULT_BLOCK_ELEMENTS,
     DEFAULT_CLIP,
@@ -131,6 +132,8 @@ class XCLIPRetrieval(L.LightningModule):
             chunk, so the official global batch fits on fewer or smaller GPUs. None: plain training.
         gradient_checkpointing: recompute the CLIP towers' activations in the backward pass instead of storing
             them (transformers' activation checkpointing, non-reentrant): less memory, one more forward pass.
+        attention: CLIP's attention through torch's scaled-dot-product kernels (``sdpa``) or transformers'
+            ``eager`` code: the same values (tested), the kernel differs.
     """
 
     def __init__(
@@ -155,6 +158,7 @@ class XCLIPRetrieval(L.LightningModule):
         optimizer: Literal["adamw", "bertadam"] = "adamw",
         grad_cache_chunk: int | None = None,
         gradient_checkpointing: bool = False,
+        attention: Attention = "sdpa",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -168,6 +172,7 @@ class XCLIPRetrieval(L.LightningModule):
             temperature=temperature,
             mask_padding=mask_padding,
             clip_spec=_CLIP_SPEC.get(),
+            attention=attention,
         )
         self._clip_spec: dict[str, Any] | None = None
         if freeze_clip_embeddings:

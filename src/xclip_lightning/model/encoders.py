@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor, nn
 from transformers import CLIPModel
 
 from xclip_lightning.data.transforms import normalize
+
+Attention = Literal["sdpa", "eager"]
 
 
 class CLIPEncoders(nn.Module):
@@ -24,9 +28,10 @@ class CLIPEncoders(nn.Module):
         self.clip = clip
 
     @classmethod
-    def from_pretrained(cls, clip_name_or_path: str) -> CLIPEncoders:
-        """Load CLIP weights from a local folder or a hub name (``CLIPModel.from_pretrained``), in fp32."""
-        return cls(CLIPModel.from_pretrained(clip_name_or_path, dtype=torch.float32))
+    def from_pretrained(cls, clip_name_or_path: str, attention: Attention = "sdpa") -> CLIPEncoders:
+        """Load CLIP weights from a local folder or a hub name (``CLIPModel.from_pretrained``), in fp32, with
+        torch's scaled-dot-product attention (``sdpa``) or transformers' ``eager`` one (same values)."""
+        return cls(CLIPModel.from_pretrained(clip_name_or_path, dtype=torch.float32, attn_implementation=attention))
 
     @property
     def embed_dim(self) -> int:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
 from xclip_lightning.data.tokenize import TokenizedText, tokenize
-from xclip_lightning.model.encoders import CLIPEncoders
+from xclip_lightning.model.encoders import Attention, CLIPEncoders
 from xclip_lightning.model.head import (
     DEFAULT_BLOCK_ELEMENTS,
     DEFAULT_MAX_FRAMES,
@@ -92,6 +92,7 @@ class XCLIP(nn.Module):
         temporal_layers: int = DEFAULT_TEMPORAL_LAYERS,
         init_temporal_from_clip: bool = True,
         clip_spec: dict[str, Any] | None = None,
+        attention: Attention = "sdpa",
         **head_kwargs: Any,
     ) -> XCLIP:
         """Start from CLIP weights (a local folder or a hub name): the official initialisation.
@@ -100,12 +101,14 @@ class XCLIP(nn.Module):
         ``init_temporal_from_clip`` is False. ``head_kwargs`` go to ``XCLIPHead`` (contrasts, aggregation, ...).
         With ``clip_spec`` (``XCLIP.clip_spec()`` of a saved model) CLIP is built from that config and tokenizer
         with random weights instead, and ``clip_name_or_path`` is not read: for weights loaded right after.
+        ``attention``: torch's scaled-dot-product attention (``sdpa``) or transformers' ``eager`` one.
         """
         if clip_spec is None:
-            encoders = CLIPEncoders.from_pretrained(clip_name_or_path)
+            encoders = CLIPEncoders.from_pretrained(clip_name_or_path, attention)
             tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
         else:
-            encoders = CLIPEncoders(CLIPModel(CLIPConfig.from_dict(clip_spec["config"])))
+            config = CLIPConfig.from_dict(clip_spec["config"])
+            encoders = CLIPEncoders(CLIPModel._from_config(config, attn_implementation=attention))
             tokenizer = tokenizer_from_files(clip_spec["tokenizer"])
         head = XCLIPHead(encoders.embed_dim, max_words, max_frames, temporal_layers=temporal_layers, **head_kwargs)
         if init_temporal_from_clip and head.temporal_layers > 0:
