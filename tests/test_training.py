@@ -353,3 +353,24 @@ def test_the_official_overlay_composes_with_every_benchmark_and_trains(synthetic
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["model"]["optimizer"] == "bertadam" and saved["data"]["didemo_lookup"] == "official"
     assert (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_official_fp16_clip_weights_train_in_place_with_layer_norms_in_fp32(synthetic, tmp_path):
+    fp16 = model(synthetic, clip_fp16_weights=True)
+    fp32 = model(synthetic)
+    clip = fp16.model.encoders.clip
+    assert clip.text_model.encoder.layers[0].mlp.fc1.weight.dtype == torch.float16
+    assert clip.vision_model.encoder.layers[0].layer_norm1.weight.dtype == torch.float32
+    assert clip.logit_scale.dtype == torch.float32 and fp16.model.head.global_mat_weight.dtype == torch.float32
+    batch = next(iter(datamodule_with_setup(synthetic).train_dataloader()))
+    with torch.no_grad():  # the same weights, rounded to fp16: the same features up to fp16 precision
+        a = fp16.model.encode_video(batch["frames"], batch["frame_mask"]).video
+        b = fp32.model.encode_video(batch["frames"], batch["frame_mask"]).video
+        text = fp16.model.encode_text(batch["input_ids"], batch["word_mask"])
+    assert a.dtype == torch.float32 and (a - b).abs().max() < 2e-2 and not torch.equal(a, b)
+    assert clip.text_model.final_layer_norm._input_dtype == torch.float16 and text.words.dtype == torch.float32
+    before = clip.text_model.encoder.layers[0].mlp.fc1.weight.detach().clone()
+    run = trainer(tmp_path, max_steps=2, limit_val_batches=0, precision="32-true", enable_checkpointing=False)
+    run.fit(fp16, datamodule(synthetic))
+    after = clip.text_model.encoder.layers[0].mlp.fc1.weight
+    assert after.dtype == torch.float16 and torch.isfinite(after).all() and not torch.equal(before, after)

@@ -134,6 +134,9 @@ class XCLIPRetrieval(L.LightningModule):
             them (transformers' activation checkpointing, non-reentrant): less memory, one more forward pass.
         attention: CLIP's attention through torch's scaled-dot-product kernels (``sdpa``) or transformers'
             ``eager`` code: the same values (tested), the kernel differs.
+        clip_fp16_weights: the official precision: CLIP's weights in fp16 and updated in place, LayerNorms in fp32
+            (use with ``trainer.precision=32-true``: no AMP on top). Most updates at CLIP's lr of 1e-7 are lost to
+            fp16 rounding, as in the official run; the default keeps fp32 weights.
     """
 
     def __init__(
@@ -159,6 +162,7 @@ class XCLIPRetrieval(L.LightningModule):
         grad_cache_chunk: int | None = None,
         gradient_checkpointing: bool = False,
         attention: Attention = "sdpa",
+        clip_fp16_weights: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -184,6 +188,8 @@ class XCLIPRetrieval(L.LightningModule):
         if optimizer not in ("adamw", "bertadam"):
             raise ValueError(f"unknown optimizer {optimizer!r}: use 'adamw' or 'bertadam'")
         self.automatic_optimization = grad_cache_chunk is None  # gradient caching runs its own backward passes
+        if clip_fp16_weights:
+            self.model.encoders.use_fp16_weights()
         if gradient_checkpointing:
             self.model.encoders.clip.gradient_checkpointing_enable({"use_reentrant": False})
         self.model.train()  # from_pretrained leaves CLIP in eval mode

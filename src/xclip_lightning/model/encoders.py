@@ -79,3 +79,29 @@ class CLIPEncoders(nn.Module):
         out = features[-1:].expand(b * t, -1).clone()
         out[valid] = features[:-1]
         return out.view(b, t, -1)
+
+    def use_fp16_weights(self) -> None:
+        """The official ``convert_weights`` run: CLIP's weights in fp16, updated in place (no fp32 master copy),
+        every LayerNorm computed in fp32 on fp32 weights and its output cast back, ``logit_scale`` in fp32.
+        Activations then flow in fp16 through both towers; the X-CLIP head upcasts to fp32 (spec §9)."""
+        for module in self.clip.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.register_forward_pre_hook(_layer_norm_input_to_fp32)
+                module.register_forward_hook(_layer_norm_output_to_input_dtype)
+        for name, parameter in self.clip.named_parameters():
+            if (
+                "layer_norm" not in name
+                and "layrnorm" not in name
+                and "layernorm" not in name
+                and name != "logit_scale"
+            ):
+                parameter.data = parameter.data.half()
+
+
+def _layer_norm_input_to_fp32(module: nn.Module, args: tuple) -> tuple:
+    module._input_dtype = args[0].dtype
+    return (args[0].float(), *args[1:])
+
+
+def _layer_norm_output_to_input_dtype(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    return output.to(module._input_dtype)
