@@ -1,8 +1,8 @@
 """Peak memory and time of one training step, against the batch size, plain vs gradient caching.
 
-    .venv/bin/python bench/train_step.py                                   # ViT-B/32-sized CLIP, random weights
-    .venv/bin/python bench/train_step.py --batches 4 8 16 --chunk 2 --frames 4
-    .venv/bin/python bench/train_step.py --device cuda                     # the same on a GPU
+    .venv/bin/python bench/train_step.py                      # every mode at batch 8, ViT-B/32-sized, random weights
+    .venv/bin/python bench/train_step.py --batches 4 8 16 --modes fp32 "gradient caching, chunk 2"
+    .venv/bin/python bench/train_step.py --device cuda        # the same on a GPU
 
 Each configuration runs in a fresh process (peak resident memory on a CPU, peak allocated memory on a GPU): two
 optimiser steps of ``XCLIPRetrieval`` through a Trainer on random frames and captions, the second one timed.
@@ -27,10 +27,10 @@ from torch.utils.data import DataLoader
 from xclip_lightning.data.dataset import collate
 from xclip_lightning.lightning_module import XCLIPRetrieval
 
-folder, batch, frames, chunk, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+folder, batch, frames, device = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+options, precision = json.loads(sys.argv[5]), sys.argv[6]
 torch.manual_seed(0)
-cache_chunk = None if chunk == "none" else int(chunk)
-module = XCLIPRetrieval(folder, max_words=32, max_frames=frames, grad_cache_chunk=cache_chunk)
+module = XCLIPRetrieval(folder, max_words=32, max_frames=frames, **options)
 size, vocab = module.model.encoders.image_size, module.model.encoders.clip.config.text_config.vocab_size
 items = [
     {"input_ids": torch.randint(3, vocab, (32,)), "word_mask": torch.ones(32, dtype=torch.bool),
@@ -52,6 +52,7 @@ class Clock(Callback):
 
 clock = Clock()
 trainer = L.Trainer(accelerator=device, devices=1, max_steps=2, logger=False, enable_checkpointing=False,
+                    precision=precision,
                     enable_progress_bar=False, enable_model_summary=False, callbacks=[clock])
 trainer.fit(module, DataLoader(items, batch_size=batch, collate_fn=collate))
 if device == "cuda":
@@ -83,10 +84,20 @@ def vitb32_clip(folder: Path) -> Path:
     return folder
 
 
+MODES = {  # name: (XCLIPRetrieval options, Trainer precision)
+    "fp32": ({}, "32-true"),
+    "bf16-mixed": ({}, "bf16-mixed"),
+    "official fp16 weights": ({"clip_fp16_weights": True}, "32-true"),
+    "activation checkpointing": ({"gradient_checkpointing": True}, "32-true"),
+    "gradient caching, chunk 2": ({"grad_cache_chunk": 2}, "32-true"),
+    "gradient caching, chunk 4": ({"grad_cache_chunk": 4}, "32-true"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batches", type=int, nargs="+", default=[4, 8, 16])
-    parser.add_argument("--chunk", type=int, default=2, help="grad_cache_chunk")
+    parser.add_argument("--batches", type=int, nargs="+", default=[8])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), metavar="MODE")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -94,17 +105,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = vitb32_clip(Path(tmp) / "clip")
         for batch in args.batches:
-            for chunk in ("none", str(args.chunk)):
-                cmd = [sys.executable, "-c", STEP, str(folder), str(batch), str(args.frames), chunk, args.device]
+            for mode in args.modes:
+                options, precision = MODES[mode]
+                cmd = [sys.executable, "-c", STEP, str(folder), str(batch), str(args.frames), args.device]
+                cmd += [json.dumps(options), precision]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
-                rows.append(
-                    {"batch": batch, "grad_cache_chunk": None if chunk == "none" else args.chunk, **json.loads(out)}
-                )
+                rows.append({"batch": batch, "mode": mode, **json.loads(out)})
     print(f"ViT-B/32-sized CLIP (random weights), {args.frames} frames x 224 px, {args.device}, one step")
     print("| batch | mode | peak memory (MB) | seconds | samples/s |\n|---|---|---|---|---|")
     for r in rows:
-        mode = "plain" if r["grad_cache_chunk"] is None else f"gradient caching, chunk {r['grad_cache_chunk']}"
-        print(f"| {r['batch']} | {mode} | {r['peak_mb']:,} | {r['seconds']} | {r['samples_per_s']} |")
+        print(f"| {r['batch']} | {r['mode']} | {r['peak_mb']:,} | {r['seconds']} | {r['samples_per_s']} |")
     print(json.dumps({"bench": "train_step", "device": args.device, "frames": args.frames, "rows": rows}))
 
 

@@ -126,6 +126,24 @@ def test_sdpa_and_eager_attention_give_the_same_gradients(tiny_clip_dir, tmp_pat
 
 
 @pytest.mark.slow
+def test_compiled_towers_give_the_same_outputs_and_gradients(tiny_clip_dir):
+    batch = collate(pairs(tiny_clip_dir, 2))
+    results = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        module = XCLIPRetrieval(tiny_clip_dir, max_words=WORDS, max_frames=FRAMES, compile=compiled)
+        logits = module(batch)
+        logits.sum().backward()
+        grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+        results.append((logits.detach(), grads))
+    (plain, plain_grads), (compiled_logits, compiled_grads) = results
+    torch.testing.assert_close(compiled_logits, plain, rtol=1e-4, atol=1e-4)
+    assert compiled_grads.keys() == plain_grads.keys() and len(plain_grads) > 50  # same parameter names
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.slow
 def test_gradient_caching_under_ddp_equals_one_process_on_the_global_batch(tiny_clip_dir, tmp_path):
     items = pairs(tiny_clip_dir, 4)
     ddp = one_step_grads(tiny_clip_dir, items, tmp_path / "ddp.pt", 2, 2, max_grad_norm=None, grad_cache_chunk=1)

@@ -137,6 +137,8 @@ class XCLIPRetrieval(L.LightningModule):
         clip_fp16_weights: the official precision: CLIP's weights in fp16 and updated in place, LayerNorms in fp32
             (use with ``trainer.precision=32-true``: no AMP on top). Most updates at CLIP's lr of 1e-7 are lost to
             fp16 rounding, as in the official run; the default keeps fp32 weights.
+        compile: ``torch.compile`` the two CLIP towers in place (same parameter names, same values; the first steps
+            pay the compilation, minutes on a CPU).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class XCLIPRetrieval(L.LightningModule):
         gradient_checkpointing: bool = False,
         attention: Attention = "sdpa",
         clip_fp16_weights: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -192,6 +195,9 @@ class XCLIPRetrieval(L.LightningModule):
             self.model.encoders.use_fp16_weights()
         if gradient_checkpointing:
             self.model.encoders.clip.gradient_checkpointing_enable({"use_reentrant": False})
+        if compile:
+            self.model.encoders.clip.vision_model.compile()
+            self.model.encoders.clip.text_model.compile()
         self.model.train()  # from_pretrained leaves CLIP in eval mode
         self._texts: list[dict[str, Tensor]] = []
         self._videos: list[dict[str, Tensor]] = []
