@@ -149,11 +149,54 @@ def test_an_official_checkpoint_converts_to_an_xclip_folder_with_the_same_logits
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-3)
 
 
-def test_a_torchscript_archive_is_refused_without_running_it(tmp_path):
-    scripted = torch.jit.script(torch.nn.Linear(2, 2))
-    scripted.save(str(tmp_path / "ViT-B-32.pt"))
-    with pytest.raises(ValueError, match=r"TorchScript archive.*torch\.jit\.load"):
-        read_state_dict(tmp_path / "ViT-B-32.pt")
+class Holder(torch.nn.Module):
+    """A module tree carrying tensors by name, scriptable, like OpenAI's JIT CLIP carries its weights."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def scripted_tree(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    root = Holder()
+    for name, tensor in state.items():
+        *path, leaf = name.split(".")
+        node = root
+        for part in path:
+            if not hasattr(node, part):
+                node.add_module(part, Holder())
+            node = getattr(node, part)
+        node.register_parameter(leaf, torch.nn.Parameter(tensor.clone(), requires_grad=False))
+    return torch.jit.script(root)
+
+
+def test_a_torchscript_archive_is_read_without_running_its_code(tmp_path):
+    state = random_openai_state()
+    state = {**state, "visual.conv1.weight": state["visual.conv1.weight"].half()}  # OpenAI's archives are fp16
+    scripted_tree(state).save(str(tmp_path / "ViT-B-32.pt"))
+    read = read_state_dict(tmp_path / "ViT-B-32.pt")
+    assert read.keys() == state.keys()
+    assert all(torch.equal(read[k], state[k]) and read[k].dtype == state[k].dtype for k in state)
+    encoders = CLIPEncoders(clip_from_openai(read)).eval()  # and it converts
+    ids, word_mask, _, _ = inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(encoders.encode_text(ids, word_mask)[0], openai_text(state, ids)[0])
+
+
+def test_a_torchscript_archive_with_a_hostile_global_is_refused(tmp_path):
+    import os
+    import pickle
+    import zipfile
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    with zipfile.ZipFile(tmp_path / "evil.pt", "w") as archive:
+        archive.writestr("evil/data.pkl", pickle.dumps(Payload(), protocol=2))
+        archive.writestr("evil/constants.pkl", pickle.dumps(()))
+    with pytest.raises(ValueError, match=r"evil\.pt: not a TorchScript archive of weights .*refusing to load"):
+        read_state_dict(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_the_convert_command_writes_a_clip_folder_usable_as_clip_name_or_path(tiny_clip_dir, tmp_path):

@@ -10,14 +10,17 @@ folder that ``XCLIP.from_pretrained`` loads. Every size (widths, layers, heads, 
 word and frame slots, temporal layers) is read from the tensor shapes. The tokenizer (CLIP's BPE, which the
 checkpoints do not contain) comes from ``--tokenizer`` (default ``openai/clip-vit-base-patch32``).
 
-Loading never executes pickled code (``torch.load(weights_only=True)``). OpenAI's released ``.pt`` files are
-TorchScript archives, which a weights-only load cannot read; they are refused with the one-line command that turns
-one into a state dict, to run where that code is trusted.
+Loading never executes pickled code: plain checkpoints go through ``torch.load(weights_only=True)``; OpenAI's
+released ``.pt`` files are TorchScript archives, whose ``data.pkl`` is read by a restricted unpickler that builds
+only tensors and stand-ins for the archive's classes (``read_torchscript_weights``), never loading its code.
 """
 
 from __future__ import annotations
 
+import collections
+import io
 import math
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -32,15 +35,81 @@ from xclip_lightning.model.xclip import XCLIP
 HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64, in both towers
 
 
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "DoubleStorage": torch.float64,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}  # fmt: skip
+
+
+class _ScriptObject:
+    """Stands in for a TorchScript class instance: keeps its attributes, runs none of its code."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__["attributes"] = state
+
+
+def _rebuild_tensor(storage: Tensor, offset: int, size: tuple, stride: tuple, *_: object) -> Tensor:
+    return torch.as_strided(storage, size, stride, offset).clone()
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's ``data.pkl`` with tensors and plain containers only: any other global (a
+    function, a class outside ``__torch__``) is refused, and ``__torch__`` classes become ``_ScriptObject``."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str) -> None:
+        super().__init__(io.BytesIO(archive.read(f"{prefix}data.pkl")))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module: str, name: str) -> object:
+        if module == "__torch__" or module.startswith("__torch__."):
+            return _ScriptObject
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return name
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a TorchScript archive")
+
+    def persistent_load(self, pid: tuple) -> Tensor:
+        _, storage_type, key, _, numel = pid
+        data = bytearray(self.archive.read(f"{self.prefix}data/{key}"))
+        return torch.frombuffer(data, dtype=_STORAGE_DTYPES[storage_type])[:numel] if numel else torch.empty(0)
+
+
+def _flatten(value: object, name: str, out: dict[str, Tensor]) -> dict[str, Tensor]:
+    if isinstance(value, Tensor):
+        out[name] = value
+    elif isinstance(value, _ScriptObject):
+        for key, item in value.attributes.items():
+            _flatten(item, f"{name}.{key}" if name else key, out)
+    return out
+
+
+def read_torchscript_weights(path: str | Path) -> dict[str, Tensor]:
+    """Every tensor attribute of a TorchScript archive (OpenAI's ``ViT-B-32.pt``), by its module path, without
+    running the archive's code."""
+    with zipfile.ZipFile(path) as archive:
+        (data,) = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        prefix = data.removesuffix("data.pkl")
+        try:
+            root = _TorchScriptUnpickler(archive, prefix).load()
+        except (pickle.UnpicklingError, KeyError, ValueError, TypeError) as err:
+            raise ValueError(f"{path}: not a TorchScript archive of weights that can be read safely ({err})") from err
+    return _flatten(root, "", {})
+
+
+def _is_torchscript(path: Path) -> bool:
+    return zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist())
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """A state dict from a file, weights only; a TorchScript archive is refused with what to do."""
+    """A state dict from a plain checkpoint (weights-only load) or a TorchScript archive (a restricted reader);
+    nothing in the file is executed."""
     path = Path(path)
-    if zipfile.is_zipfile(path) and any(n.endswith("constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        raise ValueError(
-            f"{path} is a TorchScript archive (OpenAI's release format), which cannot be read without running its "
-            f'code. Where you trust it, save its weights once: python -c "import torch; '
-            f"torch.save(torch.jit.load('{path}', map_location='cpu').state_dict(), 'clip.state_dict.pt')\""
-        )
+    if _is_torchscript(path):
+        return read_torchscript_weights(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
