@@ -193,3 +193,38 @@ def test_faiss_and_torch_coarse_stages_pick_the_same_videos():
     with_faiss, with_torch = CoarseSearch(video, "faiss"), CoarseSearch(video, "torch")
     assert (with_faiss.backend, with_torch.backend) == ("faiss", "torch")
     assert torch.equal(with_faiss.topk(query, 50), with_torch.topk(query, 50))
+
+
+def test_search_for_scripts_min_score_jsonl_and_stable_ids(setup, tmp_path, capsys):
+    model_dir, videos, captions = setup
+    main(["index", "--model", str(model_dir), "--videos", str(videos), "--out", str(tmp_path / "ix"), "--workers", "0"])
+    capsys.readouterr()
+    main(["search", "--index", str(tmp_path / "ix"), captions[0], captions[1], "--top-k", "6", "--jsonl"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 12 and [x["rank"] for x in lines[:6]] == [1, 2, 3, 4, 5, 6]
+    assert {x["query"] for x in lines} == {captions[0], captions[1]}
+    scores = sorted(x["score"] for x in lines if x["query"] == captions[0])
+    threshold = scores[3]  # keeps the best three of the first query
+    main(
+        [
+            "search",
+            "--index",
+            str(tmp_path / "ix"),
+            captions[0],
+            "--top-k",
+            "6",
+            "--jsonl",
+            "--min-score",
+            str(threshold),
+        ]
+    )
+    kept = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(kept) == 3 and all(x["score"] >= threshold for x in kept)
+    # ids stay when the index is rebuilt and when a file changes (a new version of the same video)
+    ids = {x["path"]: x["id"] for x in lines}
+    os.utime(videos / "clip1.mp4", ns=(10**18 + 5, 10**18 + 5))
+    main(["index", "--model", str(model_dir), "--videos", str(videos), "--out", str(tmp_path / "ix"), "--workers", "0"])
+    capsys.readouterr()
+    main(["search", "--index", str(tmp_path / "ix"), captions[0], "--top-k", "6", "--jsonl"])
+    again = {x["path"]: x["id"] for x in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert again == ids and len(set(ids.values())) == 6

@@ -93,6 +93,12 @@ class SearchHit:
     best_time: float  # its timestamp, seconds from the first frame
     timestamps: list[float] = field(default_factory=list)
     thumbnail: str = ""
+    id: str = ""  # stable across index updates and file edits: derived from the path alone (``item_id``)
+
+
+def item_id(path: str) -> str:
+    """The id a script can keep for an indexed video: the same in every version of the index and of the file."""
+    return hashlib.sha1(path.encode()).hexdigest()[:16]
 
 
 def model_fingerprint(model: XCLIP) -> str:
@@ -312,7 +318,16 @@ class VideoIndex:
         for rank, (row, score, b) in enumerate(zip(rows.tolist(), scores.tolist(), best.tolist(), strict=True)):
             entry = self.entries[row]
             hits.append(
-                SearchHit(entry.path, score, rank + 1, b, entry.timestamps[b], entry.timestamps, entry.thumbnail)
+                SearchHit(
+                    entry.path,
+                    score,
+                    rank + 1,
+                    b,
+                    entry.timestamps[b],
+                    entry.timestamps,
+                    entry.thumbnail,
+                    item_id(entry.path),
+                )
             )
         return hits
 

@@ -84,15 +84,24 @@ def search(argv: Sequence[str]) -> None:
     parser.add_argument(
         "--candidates", type=_at_least_zero, default=200, help="re-scored per query; 0 = score every video"
     )
+    parser.add_argument("--min-score", type=float, default=None, help="drop hits scoring below this (logits)")
     parser.add_argument("--model", help="model folder (default: the one recorded in the index)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    output.add_argument("--jsonl", action="store_true", help="print one JSON object per hit (query, rank, id, ...)")
     parser.add_argument("--html", help="also write an HTML page with the sampled frames of each result")
     args = parser.parse_args(argv)
     from xclip_lightning.search import VideoIndex
 
     found = VideoIndex.load(args.index, model=args.model)
     hits = found.search(args.queries, k=args.top_k, candidates=args.candidates or None)
-    if args.json:
+    if args.min_score is not None:
+        hits = [[h for h in results if h.score >= args.min_score] for results in hits]
+    if args.jsonl:
+        for query, results in zip(args.queries, hits, strict=True):
+            for hit in results:
+                print(json.dumps({"query": query, **asdict(hit)}))
+    elif args.json:
         print(
             json.dumps(
                 [{"query": q, "results": [asdict(h) for h in r]} for q, r in zip(args.queries, hits, strict=True)]
