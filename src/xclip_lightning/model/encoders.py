@@ -88,14 +88,10 @@ class CLIPEncoders(nn.Module):
             if isinstance(module, nn.LayerNorm):
                 module.register_forward_pre_hook(_layer_norm_input_to_fp32)
                 module.register_forward_hook(_layer_norm_output_to_input_dtype)
-        for name, parameter in self.clip.named_parameters():
-            if (
-                "layer_norm" not in name
-                and "layrnorm" not in name
-                and "layernorm" not in name
-                and name != "logit_scale"
-            ):
-                parameter.data = parameter.data.half()
+                continue
+            for name, parameter in module.named_parameters(recurse=False):
+                if not (module is self.clip and name == "logit_scale"):
+                    parameter.data = parameter.data.half()
 
 
 def _layer_norm_input_to_fp32(module: nn.Module, args: tuple) -> tuple:
