@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torchvision.io import decode_jpeg
 
 from conftest import require_or_skip
@@ -228,3 +229,40 @@ def test_search_for_scripts_min_score_jsonl_and_stable_ids(setup, tmp_path, caps
     main(["search", "--index", str(tmp_path / "ix"), captions[0], "--top-k", "6", "--jsonl"])
     again = {x["path"]: x["id"] for x in map(json.loads, capsys.readouterr().out.splitlines())}
     assert again == ids and len(set(ids.values())) == 6
+
+
+def test_zero_shot_search_with_any_clip_is_clip4clips_mean_of_frames_cosine(setup, tmp_path, capsys):
+    """Index with a plain CLIP folder (no X-CLIP training): the score is logit_scale x cosine(sentence, mean of the
+    normalised frame features), computed here with transformers' CLIP directly."""
+    from transformers import AutoTokenizer, CLIPModel
+
+    from xclip_lightning.data.frame_cache import SamplerSettings, VideoSource, decode_video
+    from xclip_lightning.data.transforms import normalize
+    from xclip_lightning.search import ZERO_SHOT
+
+    model_dir, videos, captions = setup
+    clip_dir = model_dir.parent / "clip"
+    main(["index", "--model", str(clip_dir), "--videos", str(videos), "--out", str(tmp_path / "zs"), "--workers", "0"])
+    capsys.readouterr()
+    main(["search", "--index", str(tmp_path / "zs"), captions[2], "--top-k", "6", "--json"])
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["scorer"] == ZERO_SHOT and len(result["results"]) == 6
+
+    clip = CLIPModel.from_pretrained(clip_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(clip_dir)
+    ids = [
+        tokenizer.bos_token_id,
+        *tokenizer(captions[2], add_special_tokens=False)["input_ids"],
+        tokenizer.eos_token_id,
+    ]
+    with torch.no_grad():
+        hidden = clip.text_model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]  # the EOT slot
+        sentence = F.normalize(clip.text_projection(hidden), dim=-1)
+        for hit in result["results"]:
+            settings = SamplerSettings(1.0, 6, "timestamp", clip.config.vision_config.image_size)
+            frames = decode_video(VideoSource(Path(hit["path"])), settings).frames
+            pooled = clip.vision_model(pixel_values=normalize(frames)).pooler_output  # post-layernorm CLS
+            features = F.normalize(clip.visual_projection(pooled), dim=-1)
+            video = F.normalize(features.mean(0), dim=-1)
+            expected = clip.logit_scale.exp() * (sentence @ video)
+            assert hit["score"] == pytest.approx(expected.item(), abs=1e-3), hit["path"]

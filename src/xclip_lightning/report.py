@@ -38,7 +38,11 @@ def _strip(index_folder: Path, hit: SearchHit) -> str:
 
 
 def write_html(
-    path: str | Path, index_folder: str | Path, queries: Sequence[str], hits: Sequence[Sequence[SearchHit]]
+    path: str | Path,
+    index_folder: str | Path,
+    queries: Sequence[str],
+    hits: Sequence[Sequence[SearchHit]],
+    scorer: str = "",
 ) -> Path:
     """Write the results page to ``path``; returns it."""
     index_folder, path = Path(index_folder), Path(path)
@@ -46,7 +50,8 @@ def write_html(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>xclip-lightning search</title>',
         f"<style>{STYLE}</style></head><body>",
-        f'<h1>Video search</h1><p class="meta">index: {html.escape(str(index_folder))}</p>',
+        f'<h1>Video search</h1><p class="meta">index: {html.escape(str(index_folder))}'
+        f"{' &middot; scoring: ' + html.escape(scorer) if scorer else ''}</p>",
     ]
     for query, results in zip(queries, hits, strict=True):
         parts.append(f'<section class="query"><h2>{html.escape(query)}</h2><ol>')

@@ -50,7 +50,7 @@ from xclip_lightning.index_store import (
     writer_lock,
 )
 from xclip_lightning.model.head import TextFeatures, VideoFeatures
-from xclip_lightning.model.xclip import XCLIP, update_with_tensors
+from xclip_lightning.model.xclip import XCLIP, XCLIP_CONFIG_FILE, update_with_tensors
 from xclip_lightning.ranking import DEFAULT_CANDIDATES, CoarseBackend, CoarseSearch, coarse_query, rank_videos
 
 __all__ = [
@@ -94,6 +94,24 @@ class SearchHit:
     timestamps: list[float] = field(default_factory=list)
     thumbnail: str = ""
     id: str = ""  # stable across index updates and file edits: derived from the path alone (``item_id``)
+
+
+ZERO_SHOT = "zero-shot CLIP (CLIP4Clip: cosine of the sentence and the mean of the frame features)"
+FULL_SCORE = "X-CLIP (multi-grained: video-sentence, video-word, sentence-frame, frame-word)"
+
+
+def load_search_model(name_or_path: str | os.PathLike) -> XCLIP:
+    """A trained X-CLIP folder (``export`` / ``save_pretrained``), or any CLIP folder or hub name for zero-shot
+    search: then the head keeps only the video-sentence contrast with an identity matrix and no temporal encoder,
+    which is exactly CLIP4Clip's zero-shot rule (cosine of the sentence and the mean of the frame features)."""
+    if (Path(name_or_path) / XCLIP_CONFIG_FILE).is_file():
+        return XCLIP.from_pretrained(name_or_path)
+    return XCLIP.from_clip(str(name_or_path), contrasts=["video_sentence"], temporal_layers=0)
+
+
+def scorer_name(model: XCLIP) -> str:
+    zero_shot = model.head.contrasts == ("video_sentence",) and model.head.temporal_layers == 0
+    return ZERO_SHOT if zero_shot else FULL_SCORE
 
 
 def item_id(path: str) -> str:
@@ -223,7 +241,7 @@ class VideoIndex:
         only new or changed files are encoded, files that disappeared are dropped, entries that no longer agree
         with their feature rows are encoded again. Another build into ``out`` at the same time is refused."""
         model_dir = str(model) if not isinstance(model, XCLIP) else None
-        model = (XCLIP.from_pretrained(model) if model_dir is not None else model).eval()
+        model = (load_search_model(model) if model_dir is not None else model).eval()
         settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
         out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
         fingerprint = model_fingerprint(model)
@@ -280,7 +298,7 @@ class VideoIndex:
             model = model_dir
         if not isinstance(model, XCLIP):
             model_dir = str(model)
-            model = XCLIP.from_pretrained(model)
+            model = load_search_model(model)
         model.eval()
         if (fingerprint or model_fingerprint(model)) != manifest["model_fingerprint"]:
             raise VideoIndexError(

@@ -52,7 +52,11 @@ def export(argv: Sequence[str]) -> None:
 def index(argv: Sequence[str]) -> None:
     """Sample and encode every video under a folder into an index; re-running encodes only new or changed files."""
     parser = argparse.ArgumentParser(prog="xclip-lightning index", description=index.__doc__)
-    parser.add_argument("--model", required=True, help="a folder written by export (or XCLIP.save_pretrained)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a folder written by export (the full X-CLIP score), or any CLIP folder or hub name (zero-shot)",
+    )
     parser.add_argument("--videos", required=True, help="folder searched recursively for video files")
     parser.add_argument("--out", required=True, help="index folder (created, or updated when it exists)")
     parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
@@ -91,23 +95,22 @@ def search(argv: Sequence[str]) -> None:
     output.add_argument("--jsonl", action="store_true", help="print one JSON object per hit (query, rank, id, ...)")
     parser.add_argument("--html", help="also write an HTML page with the sampled frames of each result")
     args = parser.parse_args(argv)
-    from xclip_lightning.search import VideoIndex
+    from xclip_lightning.search import VideoIndex, scorer_name
 
     found = VideoIndex.load(args.index, model=args.model)
     hits = found.search(args.queries, k=args.top_k, candidates=args.candidates or None)
     if args.min_score is not None:
         hits = [[h for h in results if h.score >= args.min_score] for results in hits]
+    scorer = scorer_name(found.model)
     if args.jsonl:
         for query, results in zip(args.queries, hits, strict=True):
             for hit in results:
-                print(json.dumps({"query": query, **asdict(hit)}))
+                print(json.dumps({"query": query, "scorer": scorer, **asdict(hit)}))
     elif args.json:
-        print(
-            json.dumps(
-                [{"query": q, "results": [asdict(h) for h in r]} for q, r in zip(args.queries, hits, strict=True)]
-            )
-        )
+        pairs = zip(args.queries, hits, strict=True)
+        print(json.dumps([{"query": q, "scorer": scorer, "results": [asdict(h) for h in r]} for q, r in pairs]))
     else:
+        print(f"scoring: {scorer}")
         for query, results in zip(args.queries, hits, strict=True):
             print(terminal_safe(query))
             for hit in results:
@@ -116,7 +119,7 @@ def search(argv: Sequence[str]) -> None:
     if args.html:
         from xclip_lightning.report import write_html
 
-        print(f"wrote {terminal_safe(write_html(args.html, args.index, args.queries, hits))}")
+        print(f"wrote {terminal_safe(write_html(args.html, args.index, args.queries, hits, scorer))}")
 
 
 def demo(argv: Sequence[str]) -> None:
