@@ -114,8 +114,8 @@ def _entry(item: dict[str, Any], path: Path, line: int | None, entry: str | None
     return _Entry(line, entry, video, video_id, _captions(item, path, line, entry), values.get(SPLIT_KEY))
 
 
-def _video_file(videos: Path, entry: _Entry, path: Path) -> Path | None:
-    """The file of an entry inside ``videos`` (trying each video extension for a name without one)."""
+def _video_path(videos: Path, entry: _Entry, path: Path) -> Path:
+    """Where an entry's video must be: inside ``videos`` (checked without touching the disk)."""
     root = os.path.abspath(videos)
     candidate = Path(os.path.normpath(os.path.join(root, entry.video)))
     if os.path.commonpath([root, candidate]) != root:
@@ -126,6 +126,11 @@ def _video_file(videos: Path, entry: _Entry, path: Path) -> Path | None:
             line=entry.line,
             entry=entry.entry,
         )
+    return candidate
+
+
+def _find_video(candidate: Path) -> Path | None:
+    """The file on disk (trying each video extension for a name without one), or None."""
     if candidate.is_file():
         return candidate
     if candidate.suffix.lower() not in VIDEO_EXTENSIONS:
@@ -184,17 +189,15 @@ def read_generic(
     """Records of ``split`` (see the module docstring for the accepted files and keys)."""
     annotations, videos = Path(annotations), Path(videos)
     path, entries = _entries_of_split(annotations, split)
-    for e in entries:  # every path is checked, not only the first of each video
-        _video_file(videos, e, path)
-    grouped: dict[str, tuple[_Entry, list[str]]] = {}
+    grouped: dict[str, tuple[_Entry, Path, list[str]]] = {}
     for e in entries:
-        first = grouped.setdefault(e.video_id, (e, []))[0]
-        if os.path.normpath(first.video) != os.path.normpath(e.video):
+        candidate = _video_path(videos, e, path)  # every entry's path is checked, not only the first of a video
+        first, first_path, captions = grouped.setdefault(e.video_id, (e, candidate, []))
+        if first_path != candidate:
             raise AnnotationError(
                 path, f"video id {e.video_id!r} names two files: {first.video} and {e.video}", e.line, e.entry
             )
-        grouped[e.video_id][1].extend(e.captions)
-    records = [
-        VideoRecord(vid, _video_file(videos, first, path), tuple(caps), split) for vid, (first, caps) in grouped.items()
-    ]
+        captions.extend(e.captions)
+    # the disk is looked at once per video
+    records = [VideoRecord(vid, _find_video(file), tuple(caps), split) for vid, (_, file, caps) in grouped.items()]
     return resolve_missing(records, missing_videos, f"{path} ({split})")
