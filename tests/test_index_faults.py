@@ -22,18 +22,21 @@ from xclip_lightning.model.xclip import XCLIP
 from xclip_lightning.search import VideoIndex, VideoIndexError
 
 VIDEOS = 12
+WINDOW = 2.0  # seconds: each 4-6 s video is 2-3 moments, so a kill can land between the moments of one video
 
 SLOW_INDEX = """
 import sys, time
 from xclip_lightning import search
 
-real = search.decode_video
-def slow(source, settings):  # 0.15 s a video: a kill lands anywhere in the update
+real = search.sample_frames
+def slow(*args, **kwargs):  # 0.15 s a video: a kill lands anywhere in the update
     time.sleep(0.15)
-    return real(source, settings)
-search.decode_video = slow
+    return real(*args, **kwargs)
+search.sample_frames = slow
 print("started", flush=True)
-index = search.VideoIndex.build(sys.argv[1], sys.argv[2], sys.argv[3], workers=0, progress=False, flush_every=2)
+index = search.VideoIndex.build(
+    sys.argv[1], sys.argv[2], sys.argv[3], workers=0, progress=False, flush_every=2, window=float(sys.argv[4])
+)
 print("done", index.encoded, flush=True)
 """
 
@@ -48,20 +51,26 @@ def setup(tmp_path_factory) -> tuple[Path, Path, dict[str, dict[str, torch.Tenso
     XCLIP.from_clip(str(clip), max_words=32, max_frames=4).save_pretrained(root / "model")
     videos = root / "videos"
     shutil.copytree(annotations.parent / "videos", videos)
-    clean = VideoIndex.build(root / "model", videos, root / "clean", workers=0, progress=False)
-    reference = {  # by file name: the tests index copies of these videos
-        Path(e.path).name: {k: getattr(clean.features, k)[i] for k in ("video", "frames")}
+    clean = VideoIndex.build(root / "model", videos, root / "clean", workers=0, progress=False, window=WINDOW)
+    reference = {  # by file name and moment: the tests index copies of these videos
+        (Path(e.path).name, e.window): {k: getattr(clean.features, k)[i] for k in ("video", "frames")}
         for i, e in enumerate(clean.entries)
     }
+    assert len(reference) > VIDEOS  # long videos: several moments
     return root / "model", videos, reference
 
 
 def assert_complete_and_right(folder: Path, reference: dict, expected: set[str] | None = None) -> VideoIndex:
-    """The index loads, and every entry holds its own video's features."""
+    """The index loads, every video has all its moments, and every entry holds its own moment's features."""
     index = VideoIndex.load(folder)
-    assert len({e.path for e in index.entries}) == len(index.entries)
+    assert len({(e.path, e.window) for e in index.entries}) == len(index.entries)
+    by_video: dict[str, list[int]] = {}
+    for e in index.entries:
+        by_video.setdefault(e.path, []).append(e.window)
+    for path, windows in by_video.items():
+        assert sorted(windows) == list(range(len(windows))) and len(windows) == reference_moments(reference, path)
     for i, entry in enumerate(index.entries):
-        own = reference[Path(entry.path).name]
+        own = reference[(Path(entry.path).name, entry.window)]
         assert torch.allclose(index.features.video[i], own["video"], atol=1e-6), entry.path
         assert torch.allclose(index.features.frames[i], own["frames"], atol=1e-6), entry.path
     if expected is not None:
@@ -71,9 +80,13 @@ def assert_complete_and_right(folder: Path, reference: dict, expected: set[str] 
     return index
 
 
+def reference_moments(reference: dict, path: str) -> int:
+    return sum(name == Path(path).name for name, _ in reference)
+
+
 def run_index(model: Path, videos: Path, out: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", SLOW_INDEX, str(model), str(videos), str(out)],
+        [sys.executable, "-c", SLOW_INDEX, str(model), str(videos), str(out), str(WINDOW)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -101,7 +114,7 @@ def test_killed_updates_always_leave_a_complete_version(setup, tmp_path):
     assert finished.wait(timeout=120) == 0, finished.stderr.read()
     assert "done" in finished.stdout.read()
     assert_complete_and_right(out, reference, expected=everything)
-    assert len(list((out / "thumbs").iterdir())) == VIDEOS  # the garbage of killed runs is gone
+    assert len(list((out / "thumbs").iterdir())) == len(reference)  # the garbage of killed runs is gone
     assert not list((out / "shards").glob(".*.tmp"))
 
 
@@ -112,11 +125,11 @@ def test_a_second_writer_stops_with_a_message_and_nothing_is_lost(setup, tmp_pat
     assert first.stdout.readline().strip() == "started"
     time.sleep(0.3)
     with pytest.raises(IndexBusyError, match=rf"{out} is being updated by another `xclip-lightning index` \(pid \d+\)"):
-        VideoIndex.build(model, videos, out, workers=0, progress=False)
+        VideoIndex.build(model, videos, out, workers=0, progress=False, window=WINDOW)
     assert first.wait(timeout=120) == 0, first.stderr.read()
     everything = {str(p.resolve()) for p in videos.glob("*.mp4")}
     assert_complete_and_right(out, reference, expected=everything)
-    assert len(list((out / "thumbs").iterdir())) == VIDEOS
+    assert len(list((out / "thumbs").iterdir())) == len(reference)
 
 
 def edit_manifest(folder: Path, change) -> None:
@@ -128,24 +141,27 @@ def edit_manifest(folder: Path, change) -> None:
 def test_swapped_or_deleted_manifest_entries_are_caught_and_repaired(setup, tmp_path):
     model, videos, reference = setup
     out = tmp_path / "index"
-    VideoIndex.build(model, videos, out, workers=0, progress=False, flush_every=5)
+    VideoIndex.build(model, videos, out, workers=0, progress=False, flush_every=5, window=WINDOW)
     everything = {e.path for e in VideoIndex.load(out).entries}
 
-    def swap(entries):
-        entries[0]["path"], entries[1]["path"] = entries[1]["path"], entries[0]["path"]
+    def swap(entries):  # moments of two different videos
+        other = next(e for e in entries if e["path"] != entries[0]["path"])
+        entries[0]["path"], other["path"] = other["path"], entries[0]["path"]
 
     edit_manifest(out, swap)
     with pytest.raises(
-        VideoIndexError, match=r"does not agree.*its id is not that of its path and file version.*Repair: run"
+        VideoIndexError, match=r"does not agree.*its id is not that of its path, file version and window.*Repair: run"
     ):
         VideoIndex.load(out)
-    repaired = VideoIndex.build(model, videos, out, workers=0, progress=False)
+    repaired = VideoIndex.build(model, videos, out, workers=0, progress=False, window=WINDOW)
     assert len(repaired.repaired) == 2 and repaired.encoded == 2
     assert_complete_and_right(out, reference, expected=everything)
 
-    edit_manifest(out, lambda entries: entries.pop(3))  # a deleted entry: the rest stays right, index re-adds it
-    assert len(assert_complete_and_right(out, reference).entries) == VIDEOS - 1
-    assert VideoIndex.build(model, videos, out, workers=0, progress=False).encoded == 1
+    edit_manifest(out, lambda entries: entries.pop(3))  # a deleted moment: loading keeps the rest right ...
+    with pytest.raises(AssertionError):  # ... but its video is incomplete,
+        assert_complete_and_right(out, reference)
+    assert len(VideoIndex.load(out).entries) == len(reference) - 1
+    assert VideoIndex.build(model, videos, out, workers=0, progress=False, window=WINDOW).encoded == 1  # redone
     assert_complete_and_right(out, reference, expected=everything)
 
 
@@ -153,7 +169,7 @@ def test_swapped_or_deleted_manifest_entries_are_caught_and_repaired(setup, tmp_
 def test_thumbnails_are_read_only_from_inside_the_index(setup, tmp_path, thumbnail):
     model, videos, _ = setup
     out = tmp_path / "index"
-    VideoIndex.build(model, videos, out, workers=0, progress=False)
+    VideoIndex.build(model, videos, out, workers=0, progress=False, window=WINDOW)
 
     def point_outside(entries):
         entries[0]["thumbnail"] = thumbnail

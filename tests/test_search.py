@@ -154,9 +154,8 @@ def test_export_from_a_lightning_checkpoint(setup, tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
-    """Headless Chromium loads the page with no console error and shows ``expected_hits`` results."""
-    flags = [
+def chromium_flags(tmp_path: Path) -> list[str]:
+    return [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -170,6 +169,11 @@ def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
         "--v=0",
         "--virtual-time-budget=3000",
     ]
+
+
+def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
+    """Headless Chromium loads the page with no console error and shows ``expected_hits`` results."""
+    flags = chromium_flags(tmp_path)
     run = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     console = [line for line in run.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]

@@ -1,12 +1,13 @@
 """The video index on disk: immutable feature shards, one manifest that publishes a complete version atomically,
 a lock for writers, and checks that the manifest and the feature rows agree.
 
-    <index>/manifest.json               the published version: the entries (path, file version, timestamps,
-                                        thumbnail, shard, row, id), the shards with their row counts and SHA-256,
-                                        the model fingerprint, the sampler settings, the failures
+    <index>/manifest.json               the published version: one entry per moment (path, file version, window
+                                        number, start, end, timestamps, thumbnail, shard, row, id), the shards with
+                                        their row counts and SHA-256, the model fingerprint, the sampler settings
+                                        and window length, the failures
     <index>/shards/<token>.safetensors  video [n,D], frames [n,T,D], frame_mask [n,T]; metadata "ids": the entry
                                         ids of its rows in order. Never modified once written
-    <index>/thumbs/<id>.jpg             the sampled frames of one entry version (the id covers path, size, mtime)
+    <index>/thumbs/<id>.jpg             the sampled frames of one entry (the id covers path, size, mtime, window)
     <index>/.lock                       held (flock) by the one process updating the index, with its pid
 
 A writer adds shards and thumbnails, then replaces ``manifest.json`` with one rename: a reader sees the old version
@@ -34,7 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-INDEX_VERSION = 2  # 2: sharded features, ids checked row by row
+INDEX_VERSION = 3  # 2: sharded features, ids checked row by row; 3: one entry per moment (window) of a video
 MANIFEST, SHARDS, THUMBS, LOCK = "manifest.json", "shards", "thumbs", ".lock"
 SHARD_NAME = re.compile(r"^[0-9a-f]{32}\.safetensors$")
 THUMB_NAME = re.compile(r"^[0-9a-f]{16}\.jpg$")
@@ -50,9 +51,10 @@ class IndexBusyError(VideoIndexError):
     """Another process is updating the index."""
 
 
-def entry_id(path: str, size: int, mtime_ns: int) -> str:
-    """Identifies one version of one file: its feature row and its thumbnail carry it."""
-    return hashlib.sha1(f"{path}|{size}|{mtime_ns}".encode()).hexdigest()[:16]
+def entry_id(path: str, size: int, mtime_ns: int, window: int = 0) -> str:
+    """Identifies one window of one version of one file: its feature row and its thumbnail carry it."""
+    key = f"{path}|{size}|{mtime_ns}" + (f"|{window}" if window else "")
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -170,8 +172,8 @@ def check(folder: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]],
     for i, entry in enumerate(manifest.get("entries", [])):
         try:
             ids, row = valid_shards.get(entry["shard"]), entry["row"]
-            if entry["id"] != entry_id(entry["path"], entry["size"], entry["mtime_ns"]):
-                problem = "its id is not that of its path and file version"
+            if entry["id"] != entry_id(entry["path"], entry["size"], entry["mtime_ns"], entry["window"]):
+                problem = "its id is not that of its path, file version and window"
             elif ids is None:
                 problem = f"its shard {entry['shard']!r} is not usable"
             elif not (isinstance(row, int) and 0 <= row < len(ids)) or ids[row] != entry["id"]:
@@ -230,14 +232,15 @@ class IndexWriter:
 
     def __init__(self, folder: Path, header: dict[str, Any], kept: list[dict[str, Any]], shards: dict) -> None:
         self.folder, self.header = folder, header
-        self.entries = {e["path"]: e for e in kept}
+        self.entries = {e["id"]: e for e in kept}
         self.shards = shards
         self.failures: dict[str, str] = {}
         self.pending: list[tuple[dict[str, Any], dict[str, Tensor]]] = []
         self.published_at = time.monotonic()
 
-    def add(self, entry: dict[str, Any], features: dict[str, Tensor], flush_every: int) -> None:
-        self.pending.append((entry, features))
+    def add_video(self, rows: list[tuple[dict[str, Any], dict[str, Tensor]]], flush_every: int) -> None:
+        """Add every moment of one video (entry, feature row) together: a version never holds part of a video."""
+        self.pending.extend(rows)
         if len(self.pending) >= flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
             self.flush()
 
@@ -248,7 +251,7 @@ class IndexWriter:
             name, record = write_shard(self.folder, tensors, [e["id"] for e, _ in self.pending])
             self.shards[name] = record
             for row, (entry, _) in enumerate(self.pending):
-                self.entries[entry["path"]] = {**entry, "shard": name, "row": row}
+                self.entries[entry["id"]] = {**entry, "shard": name, "row": row}
             self.pending = []
         self.publish()
 

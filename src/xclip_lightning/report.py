@@ -1,12 +1,16 @@
-"""The HTML page of ``xclip-lightning search --html``: per query, the ranked videos with a strip of their sampled
-frames, the frame that matched the query best outlined, and its timestamp. Self-contained (thumbnails inlined)."""
+"""The HTML page of ``xclip-lightning search --html``: per query, the ranked moments, each a player that starts at
+the moment (``<video>`` with the media fragment ``#t=start,end``, the file linked relative to the page so the page
+works opened from disk and when the folder moves with its videos) beside the strip of its sampled frames, the frame
+that matched the query best outlined. Thumbnails are inlined."""
 
 from __future__ import annotations
 
 import base64
 import html
+import os
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from xclip_lightning.index_store import THUMB_NAME
 from xclip_lightning.search import THUMB_HEIGHT, THUMBS, SearchHit
@@ -19,7 +23,29 @@ li.hit { margin: 0 0 1.2em 0; }
 .meta { font-size: 0.9em; color: #555; }
 .strip { position: relative; display: inline-block; margin-top: 0.3em; line-height: 0; }
 .best { position: absolute; top: 0; box-sizing: border-box; border: 3px solid #e4572e; }
+.moment { display: flex; gap: 1em; align-items: flex-start; }
+video { width: 320px; background: #000; }
 """
+
+
+def video_url(video: str | Path, page: Path) -> str:
+    """The video's URL as the page at ``page`` must write it: relative to the page's folder (percent-encoded, so
+    '#', '?', '%' and spaces in names stay part of the path), or a file URL when no relative path exists."""
+    try:
+        relative = os.path.relpath(Path(video).resolve(), page.resolve().parent)
+    except ValueError:  # another drive (Windows)
+        return Path(video).resolve().as_uri()
+    return quote(Path(relative).as_posix(), safe="/")
+
+
+def media_fragment(hit: SearchHit) -> str:
+    """``#t=start,end`` (seconds, W3C Media Fragments): the player starts at the moment and pauses at its end."""
+    return f"#t={hit.start:.3f},{hit.end:.3f}"
+
+
+def _player(hit: SearchHit, page: Path) -> str:
+    src = html.escape(video_url(hit.path, page) + media_fragment(hit))
+    return f'<video controls preload="metadata" src="{src}"></video>'
 
 
 def _strip(index_folder: Path, hit: SearchHit) -> str:
@@ -58,8 +84,9 @@ def write_html(
         for hit in results:
             parts.append(
                 f'<li class="hit"><div><strong>{html.escape(hit.path)}</strong></div>'
-                f'<div class="meta">score {hit.score:.2f} &middot; best frame {hit.best_frame + 1} of '
-                f"{len(hit.timestamps)} at {hit.best_time:.1f} s</div>{_strip(index_folder, hit)}</li>"
+                f'<div class="meta">{hit.start:.1f}-{hit.end:.1f} s &middot; score {hit.score:.2f} &middot; best '
+                f"frame {hit.best_frame + 1} of {len(hit.timestamps)} at {hit.best_time:.1f} s</div>"
+                f'<div class="moment">{_player(hit, path)}{_strip(index_folder, hit)}</div></li>'
             )
         parts.append("</ol></section>")
     parts.append("</body></html>")

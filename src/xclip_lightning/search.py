@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 
 import av
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.io import encode_jpeg
 from torchvision.transforms.v2.functional import resize
@@ -35,7 +37,9 @@ from tqdm.auto import tqdm
 
 from xclip_lightning.data.benchmarks.common import VIDEO_EXTENSIONS
 from xclip_lightning.data.dataset import pad_frames, worker_init
-from xclip_lightning.data.frame_cache import SamplerSettings, VideoSource, decode_video
+from xclip_lightning.data.frame_cache import SamplerSettings
+from xclip_lightning.data.transforms import resize_crop
+from xclip_lightning.data.video import WindowSelector, sample_frames
 from xclip_lightning.index_store import (
     FEATURE_KEYS,
     INDEX_VERSION,
@@ -66,12 +70,14 @@ __all__ = [
 ]
 
 THUMB_HEIGHT = 64  # pixels of the thumbnail strip
-FLUSH_EVERY = 2048  # videos per shard
+FLUSH_EVERY = 2048  # moments per shard
+DEFAULT_WINDOW = 30.0  # seconds per moment of a long video (README "Moments"); a clip under 45 s stays one moment
 
 
 @dataclass
 class IndexEntry:
-    """One indexed video: where it is, which version of the file, which frames were sampled, where its row is."""
+    """One indexed moment: a window [start, end) of a video file (the whole file when it is short), which version
+    of the file, which frames were sampled, where its feature row is."""
 
     path: str
     size: int
@@ -79,21 +85,27 @@ class IndexEntry:
     duration: float | None
     timestamps: list[float]
     thumbnail: str  # file under thumbs/
-    id: str = ""  # entry_id(path, size, mtime_ns): stored beside the feature row, checked on load
+    id: str = ""  # entry_id(path, size, mtime_ns, window): stored beside the feature row, checked on load
     shard: str = ""
     row: int = -1
+    window: int = 0  # the moment's number in its video
+    moments: int = 1  # how many moments its video has
+    start: float = 0.0  # seconds from the first frame
+    end: float = 0.0
 
 
 @dataclass
 class SearchHit:
     path: str
+    start: float  # the moment, seconds from the first frame of the video
+    end: float
     score: float  # the full X-CLIP logit (logit scale x mean of the four contrasts)
     rank: int
-    best_frame: int  # sampled frame whose sentence-frame similarity is highest
+    best_frame: int  # sampled frame of the moment whose sentence-frame similarity is highest
     best_time: float  # its timestamp, seconds from the first frame
     timestamps: list[float] = field(default_factory=list)
     thumbnail: str = ""
-    id: str = ""  # stable across index updates and file edits: derived from the path alone (``item_id``)
+    id: str = ""  # stable across index updates and file edits: from the path and the start (``item_id``)
 
 
 ZERO_SHOT = "zero-shot CLIP (CLIP4Clip: cosine of the sentence and the mean of the frame features)"
@@ -114,9 +126,11 @@ def scorer_name(model: XCLIP) -> str:
     return ZERO_SHOT if zero_shot else FULL_SCORE
 
 
-def item_id(path: str) -> str:
-    """The id a script can keep for an indexed video: the same in every version of the index and of the file."""
-    return hashlib.sha1(path.encode()).hexdigest()[:16]
+def item_id(path: str, start: float = 0.0) -> str:
+    """The id a script can keep for an indexed moment: the same in every version of the index and of the file (a
+    moment is its path and its start to the millisecond; the first moment of a video is identified by the path)."""
+    key = path if round(start, 3) == 0 else f"{path}#t={start:.3f}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 def model_fingerprint(model: XCLIP) -> str:
@@ -142,33 +156,42 @@ def _duration(path: Path) -> float | None:
 
 
 class _Decode(Dataset):
-    """Decodes one video per item in DataLoader workers; a failure becomes a reason, never a zero sample."""
+    """Decodes one video per item in DataLoader workers: its moments' frames (``WindowSelector``) and one thumbnail
+    strip per moment; a failure becomes a reason, never a zero sample."""
 
-    def __init__(self, paths: Sequence[Path], settings: SamplerSettings) -> None:
-        self.paths, self.settings = list(paths), settings
+    def __init__(self, paths: Sequence[Path], settings: SamplerSettings, window: float | None) -> None:
+        self.paths, self.settings, self.window = list(paths), settings, window
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
-        path = self.paths[i]
+        path, s = self.paths[i], self.settings
+        windows = WindowSelector(self.window or math.inf, s.fps, s.max_frames)
         try:
-            frames, timestamps = decode_video(VideoSource(path), self.settings)
+            sampled = sample_frames(
+                path, s.fps, s.max_frames, s.mode, transform=resize_crop(s.image_size), select=windows
+            )
         except Exception as err:  # reported by path with its reason; the run goes on
             return {"index": i, "error": f"{type(err).__name__}: {err}"}
-        strip = resize(frames, [THUMB_HEIGHT, THUMB_HEIGHT], antialias=True)  # [T,3,h,h]
-        strip = torch.cat(list(strip), dim=2)  # [3,h,T*h]
+        thumbs = resize(sampled.frames, [THUMB_HEIGHT, THUMB_HEIGHT], antialias=True)  # [T,3,h,h]
+        jpegs, first = [], 0
+        for w in windows.windows:
+            strip = torch.cat(list(thumbs[first : first + w.count]), dim=2)  # [3,h,count*h]
+            jpegs.append(encode_jpeg(strip, quality=85))
+            first += w.count
         return {
             "index": i,
-            "frames": frames,
-            "timestamps": timestamps,
+            "frames": sampled.frames,
+            "timestamps": sampled.timestamps,
+            "windows": windows.windows,
             "duration": _duration(path),
-            "jpeg": encode_jpeg(strip, quality=85),
+            "jpegs": jpegs,
         }
 
 
 def _previous_version(
-    folder: Path, fingerprint: str, settings: SamplerSettings
+    folder: Path, fingerprint: str, settings: SamplerSettings, window: float | None
 ) -> tuple[list[dict[str, Any]], dict, list[str], str | None]:
     """(entries that agree with their rows, their shards, the problems found, model_dir) of the published version.
 
@@ -186,6 +209,11 @@ def _previous_version(
     if SamplerSettings(**manifest["sampler"]) != settings:
         raise VideoIndexError(
             f"{folder} was built with {SamplerSettings(**manifest['sampler'])}, not {settings}: delete it or choose "
+            f"another --out"
+        )
+    if manifest.get("window") != window:
+        raise VideoIndexError(
+            f"{folder} was built with --window {manifest.get('window') or 0}, not {window or 0}: delete it or choose "
             f"another --out"
         )
     entries, problems = check(folder, manifest)
@@ -214,6 +242,7 @@ class VideoIndex:
         self.unreadable: list[str] = []  # subfolders the build could not list
         self.coarse_backend: CoarseBackend = "auto"
         self._coarse: CoarseSearch | None = None
+        self.window: float | None = None  # seconds per moment it was built with (None: one moment per file)
 
     @property
     def features(self) -> VideoFeatures:
@@ -236,17 +265,25 @@ class VideoIndex:
         workers: int = 2,
         progress: bool = True,
         flush_every: int = FLUSH_EVERY,
+        window: float | None = DEFAULT_WINDOW,
+        device: str = "auto",
     ) -> VideoIndex:
         """Index every video under ``videos`` (recursively) into ``out``; an existing index there is updated:
         only new or changed files are encoded, files that disappeared are dropped, entries that no longer agree
-        with their feature rows are encoded again. Another build into ``out`` at the same time is refused."""
+        with their feature rows are encoded again. Another build into ``out`` at the same time is refused.
+
+        ``window``: seconds per moment of a long video (``WindowSelector``; None or 0: one item per file).
+        ``batch_size``: moments encoded together. ``device``: "auto" (a GPU when there is one), "cpu", "cuda"...;
+        on a GPU the encoders run under fp16 autocast. The index stores fp32 rows either way."""
+        window = window or None
         model_dir = str(model) if not isinstance(model, XCLIP) else None
         model = (load_search_model(model) if model_dir is not None else model).eval()
+        model.to(resolve_device(device))
         settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
         out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
         fingerprint = model_fingerprint(model)
         with writer_lock(out):
-            previous, shards, problems, old_model_dir = _previous_version(out, fingerprint, settings)
+            previous, shards, problems, old_model_dir = _previous_version(out, fingerprint, settings, window)
             model_dir = model_dir or old_model_dir
             header = {
                 "format_version": INDEX_VERSION,
@@ -254,15 +291,18 @@ class VideoIndex:
                 "model_dir": model_dir,
                 "videos": str(videos),
                 "sampler": asdict(settings),
+                "window": window,
             }
             paths, unreadable = list_videos(videos)
             kept, todo = _unchanged(previous, paths)
             writer = IndexWriter(out, header, kept, shards)
-            _encode(model, todo, settings, writer, batch_size, workers, progress, flush_every)
+            _encode(model, todo, settings, window, writer, batch_size, workers, progress, flush_every)
             writer.compact()
+        model.cpu()  # searching encodes one query at a time: the CPU does it
         entries = [IndexEntry(**e) for e in writer.entries.values()]
         index = cls(model, settings, entries, writer.failures, out, model_dir)
         index.encoded, index.repaired, index.unreadable = len(todo) - len(writer.failures), problems, unreadable
+        index.window = window
         return index
 
     # ---- loading -----------------------------------------------------------------------------------------------
@@ -308,60 +348,127 @@ class VideoIndex:
         settings = SamplerSettings(**manifest["sampler"])
         video = VideoFeatures(*(features[k] for k in FEATURE_KEYS))
         index_entries = [IndexEntry(**e) for e in entries]
-        return cls(model, settings, index_entries, manifest.get("failures", {}), folder, model_dir, video)
+        index = cls(model, settings, index_entries, manifest.get("failures", {}), folder, model_dir, video)
+        index.window = manifest.get("window")
+        return index
 
     # ---- searching ---------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def search(
-        self, queries: str | Sequence[str], k: int = 10, candidates: int | None = DEFAULT_CANDIDATES
+        self,
+        queries: str | Sequence[str],
+        k: int = 10,
+        candidates: int | None = DEFAULT_CANDIDATES,
+        per_video: int | None = None,
     ) -> list[list[SearchHit]]:
-        """The ``k`` best videos per query, best first. ``candidates=None``: full score on every video."""
+        """The ``k`` best moments per query, best first. ``candidates=None``: full score on every moment.
+        ``per_video``: at most that many moments of one video (the next best of other videos fill the list)."""
+        if per_video is not None and per_video < 1:
+            raise ValueError(f"per_video must be at least 1, got {per_video}")
         queries = [queries] if isinstance(queries, str) else list(queries)
         tokens = self.model.tokenize(queries)
         text = self.model.encode_text(tokens.input_ids, tokens.word_mask)
         return [
-            self._rank(TextFeatures(*(None if x is None else x[q : q + 1] for x in text)), k, candidates)
+            self._rank(TextFeatures(*(None if x is None else x[q : q + 1] for x in text)), k, candidates, per_video)
             for q in range(len(queries))
         ]
 
-    def _rank(self, text: TextFeatures, k: int, candidates: int | None) -> list[SearchHit]:
+    def _rank(self, text: TextFeatures, k: int, candidates: int | None, per_video: int | None) -> list[SearchHit]:
         head, scale = self.model.head, self.model.logit_scale()
         if self._coarse is None:  # built on the first search (a FAISS index when faiss is installed)
             self._coarse = CoarseSearch(self.features.video, self.coarse_backend)
-        rows, scores = rank_videos(head, scale, text, self.features, k, candidates, self._coarse)
+        # grouping by video needs the whole re-scored list: every candidate is scored fully anyway
+        wanted = k if per_video is None else max(k, candidates or len(self.entries))
+        rows, scores = rank_videos(head, scale, text, self.features, wanted, candidates, self._coarse)
+        if per_video is not None:
+            rows, scores = _at_most_per_video(rows, scores, [self.entries[r].path for r in rows.tolist()], per_video, k)
         frames, mask = self.features.frames[rows], self.features.frame_mask[rows]
         best = (frames @ text.sentence[0]).masked_fill(~mask, -torch.inf).argmax(dim=1)  # sentence-frame match
         hits = []
         for rank, (row, score, b) in enumerate(zip(rows.tolist(), scores.tolist(), best.tolist(), strict=True)):
-            entry = self.entries[row]
+            e = self.entries[row]
             hits.append(
                 SearchHit(
-                    entry.path,
-                    score,
-                    rank + 1,
-                    b,
-                    entry.timestamps[b],
-                    entry.timestamps,
-                    entry.thumbnail,
-                    item_id(entry.path),
+                    e.path, e.start, e.end, score, rank + 1, b, e.timestamps[b], e.timestamps, e.thumbnail,
+                    item_id(e.path, e.start),
                 )
-            )
+            )  # fmt: skip
         return hits
 
 
+def _at_most_per_video(rows: Tensor, scores: Tensor, paths: list[str], per_video: int, k: int) -> tuple[Tensor, Tensor]:
+    """The first ``k`` of the ranked ``rows`` that keep at most ``per_video`` moments of each video."""
+    seen: dict[str, int] = {}
+    keep = []
+    for i, path in enumerate(paths):
+        if seen.get(path, 0) < per_video:
+            seen[path] = seen.get(path, 0) + 1
+            keep.append(i)
+            if len(keep) == k:
+                break
+    index = torch.tensor(keep, dtype=torch.long, device=rows.device)
+    return rows[index], scores[index]
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto": the first GPU when there is one, else the CPU; anything else as torch reads it ("cpu", "cuda:1")."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise VideoIndexError(f"--device {device}: no CUDA GPU is visible here (use --device auto or cpu)")
+    return resolved
+
+
 def _unchanged(previous: list[dict[str, Any]], paths: list[Path]) -> tuple[list[dict[str, Any]], list[Path]]:
-    """(entries of files still on disk and unchanged, files to encode: new, changed, or repaired)."""
-    known = {e["path"]: e for e in previous}
+    """(moments of files still on disk and unchanged, files to encode: new, changed, or repaired)."""
+    known: dict[str, list[dict[str, Any]]] = {}
+    for e in previous:
+        known.setdefault(e["path"], []).append(e)
     kept, todo = [], []
     for path in paths:
         stat = path.stat()
-        entry = known.get(str(path))
-        if entry is not None and (entry["size"], entry["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
-            kept.append(entry)
+        moments = known.get(str(path), [])
+        complete = sorted(e["window"] for e in moments) == list(range(moments[0]["moments"])) if moments else False
+        if (
+            moments
+            and complete
+            and all((e["size"], e["mtime_ns"]) == (stat.st_size, stat.st_mtime_ns) for e in moments)
+        ):
+            kept.extend(moments)
         else:
             todo.append(path)
     return kept, todo
+
+
+class _Video:
+    """A decoded video whose moments are being encoded; complete once every moment has its feature row."""
+
+    def __init__(self, path: Path, item: dict) -> None:
+        self.path, self.item = path, item
+        self.offsets = [0]
+        for w in item["windows"]:
+            self.offsets.append(self.offsets[-1] + w.count)
+        self.rows: list[dict[str, Tensor] | None] = [None] * len(item["windows"])
+
+    def frames(self, k: int) -> Tensor:
+        return self.item["frames"][self.offsets[k] : self.offsets[k + 1]]
+
+    def moments(self, folder: Path) -> list[tuple[dict[str, Any], dict[str, Tensor]]]:
+        """(entry, feature row) of every moment; writes the thumbnails."""
+        stat, windows = self.path.stat(), self.item["windows"]
+        out = []
+        for k, (w, row) in enumerate(zip(windows, self.rows, strict=True)):
+            vid = entry_id(str(self.path), stat.st_size, stat.st_mtime_ns, k)
+            (folder / THUMBS / f"{vid}.jpg").write_bytes(self.item["jpegs"][k].numpy().tobytes())
+            timestamps = self.item["timestamps"][self.offsets[k] : self.offsets[k + 1]].tolist()
+            entry = IndexEntry(
+                str(self.path), stat.st_size, stat.st_mtime_ns, self.item["duration"], timestamps, f"{vid}.jpg", vid,
+                window=k, moments=len(windows), start=round(w.start, 3), end=round(w.end, 3),
+            )  # fmt: skip
+            out.append((asdict(entry), row))
+        return out
 
 
 @torch.no_grad()
@@ -369,47 +476,56 @@ def _encode(
     model: XCLIP,
     todo: list[Path],
     settings: SamplerSettings,
+    window: float | None,
     writer: IndexWriter,
     batch_size: int,
     workers: int,
     progress: bool,
     flush_every: int,
 ) -> None:
-    """Decode ``todo`` in DataLoader workers, encode in batches, hand each video's row to ``writer``."""
+    """Decode ``todo`` in DataLoader workers, encode their moments ``batch_size`` at a time (a long video spreads
+    over several batches, short ones share one), hand each complete video's rows to ``writer``."""
+    device = next(model.parameters()).device
     loader = DataLoader(
-        _Decode(todo, settings), batch_size=batch_size, num_workers=workers, collate_fn=list, worker_init_fn=worker_init
+        _Decode(todo, settings, window),
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
     )
     (writer.folder / THUMBS).mkdir(parents=True, exist_ok=True)
+    waiting: list[tuple[_Video, int]] = []  # moments decoded, not yet encoded (FIFO: videos complete in order)
+
+    def encode(chunk: list[tuple[_Video, int]]) -> None:
+        frames, mask = (
+            torch.stack(x) for x in zip(*(pad_frames(v.frames(k), settings.max_frames) for v, k in chunk), strict=True)
+        )
+        with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+            video = model.encode_video(frames.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+        for j, (v, k) in enumerate(chunk):
+            v.rows[k] = {
+                "video": video.video[j].float().cpu(),
+                "frames": video.frames[j].float().cpu(),
+                "frame_mask": video.frame_mask[j].cpu(),
+            }
+            if k == len(v.rows) - 1:
+                writer.add_video(v.moments(writer.folder), flush_every)
+
     with tqdm(total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=not progress) as bar:
-        for items in loader:
-            bar.update(len(items))
-            good = [item for item in items if "error" not in item]
-            for item in items:
-                if "error" in item:
-                    writer.failures[str(todo[item["index"]])] = item["error"]
-            if not good:
+        for item in loader:
+            bar.update(1)
+            path = todo[item["index"]]
+            if "error" in item:
+                writer.failures[str(path)] = item["error"]
                 continue
-            frames, mask = (
-                torch.stack(x) for x in zip(*(pad_frames(i["frames"], settings.max_frames) for i in good), strict=True)
-            )
-            video = model.encode_video(frames, mask)
-            for j, item in enumerate(good):
-                path = todo[item["index"]]
-                stat = path.stat()
-                vid = entry_id(str(path), stat.st_size, stat.st_mtime_ns)
-                (writer.folder / THUMBS / f"{vid}.jpg").write_bytes(item["jpeg"].numpy().tobytes())
-                entry = asdict(
-                    IndexEntry(
-                        str(path), stat.st_size, stat.st_mtime_ns, item["duration"], item["timestamps"].tolist(),
-                        f"{vid}.jpg", vid,
-                    )
-                )  # fmt: skip
-                row = {
-                    "video": video.video[j].float(),
-                    "frames": video.frames[j].float(),
-                    "frame_mask": video.frame_mask[j],
-                }
-                writer.add(entry, row, flush_every)
+            video = _Video(path, item)
+            waiting.extend((video, k) for k in range(len(video.rows)))
+            while len(waiting) >= batch_size:
+                encode(waiting[:batch_size])
+                waiting = waiting[batch_size:]
+        if waiting:
+            encode(waiting)
     writer.flush()
     if not writer.entries:
         raise VideoIndexError(f"no video could be indexed ({len(writer.failures)} failed)")

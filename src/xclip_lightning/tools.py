@@ -36,6 +36,13 @@ def _at_least_zero(text: str) -> int:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def export(argv: Sequence[str]) -> None:
     """A Lightning checkpoint -> a folder loadable by ``XCLIP.from_pretrained`` (safetensors, configs, tokenizer)."""
     parser = argparse.ArgumentParser(prog="xclip-lightning export", description=export.__doc__)
@@ -60,14 +67,29 @@ def index(argv: Sequence[str]) -> None:
     parser.add_argument("--videos", required=True, help="folder searched recursively for video files")
     parser.add_argument("--out", required=True, help="index folder (created, or updated when it exists)")
     parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
-    parser.add_argument("--batch-size", type=int, default=8, help="videos encoded together")
+    parser.add_argument(
+        "--window",
+        type=_non_negative_float,
+        default=30.0,
+        help="seconds per searchable moment of a long video; a clip under 1.5 windows stays one moment; 0: one "
+        "moment per file (default 30)",
+    )
+    parser.add_argument("--batch-size", type=_positive, default=8, help="moments encoded together")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
     args = parser.parse_args(argv)
     from xclip_lightning.search import VideoIndex
 
-    built = VideoIndex.build(args.model, args.videos, args.out, args.fps, args.batch_size, args.workers)
+    built = VideoIndex.build(
+        args.model, args.videos, args.out, args.fps, args.batch_size, args.workers, window=args.window,
+        device=args.device,
+    )  # fmt: skip
     out = terminal_safe(args.out)
-    print(f"{out}: {len(built.entries)} videos indexed ({built.encoded} new, changed or repaired encoded now)")
+    videos = len({e.path for e in built.entries})
+    print(
+        f"{out}: {videos} videos indexed as {len(built.entries)} moments ({built.encoded} new, changed or repaired "
+        f"videos encoded now)"
+    )
     for title, lines in (
         ("entr(ies) of the previous version did not agree with the index files and were redone", built.repaired),
         ("file(s) could not be indexed", [f"{path}: {reason}" for path, reason in built.failures.items()]),
@@ -89,6 +111,7 @@ def search(argv: Sequence[str]) -> None:
         "--candidates", type=_at_least_zero, default=200, help="re-scored per query; 0 = score every video"
     )
     parser.add_argument("--min-score", type=float, default=None, help="drop hits scoring below this (logits)")
+    parser.add_argument("--per-video", type=_positive, default=None, help="at most N moments of one video")
     parser.add_argument("--model", help="model folder (default: the one recorded in the index)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
@@ -98,7 +121,7 @@ def search(argv: Sequence[str]) -> None:
     from xclip_lightning.search import VideoIndex, scorer_name
 
     found = VideoIndex.load(args.index, model=args.model)
-    hits = found.search(args.queries, k=args.top_k, candidates=args.candidates or None)
+    hits = found.search(args.queries, k=args.top_k, candidates=args.candidates or None, per_video=args.per_video)
     if args.min_score is not None:
         hits = [[h for h in results if h.score >= args.min_score] for results in hits]
     scorer = scorer_name(found.model)
@@ -115,11 +138,19 @@ def search(argv: Sequence[str]) -> None:
             print(terminal_safe(query))
             for hit in results:
                 path = terminal_safe(hit.path)
-                print(f"  {hit.rank:3d}. {hit.score:7.2f}  {path}  (best frame at {hit.best_time:.1f} s)")
+                span = f"{_clock(hit.start)}-{_clock(hit.end)}"
+                print(f"  {hit.rank:3d}. {hit.score:7.2f}  {path}  {span}  (best frame at {_clock(hit.best_time)})")
     if args.html:
         from xclip_lightning.report import write_html
 
         print(f"wrote {terminal_safe(write_html(args.html, args.index, args.queries, hits, scorer))}")
+
+
+def _clock(seconds: float) -> str:
+    """1234.5 -> '20:34.5', 4000 -> '1:06:40.0'."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{int(hours)}:{int(minutes):02d}" if hours else f"{int(minutes)}") + f":{secs:04.1f}"
 
 
 def demo(argv: Sequence[str]) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from xclip_lightning.data import video
-from xclip_lightning.data.video import VideoDecodeError, linspace_indices, sample_frames
+from xclip_lightning.data.video import VideoDecodeError, WindowSelector, linspace_indices, sample_frames
 
 
 def write_video(
@@ -263,6 +263,22 @@ def assert_same(planned, sequential):
 def test_planned_path_is_exact_on_real_files(videos, name, fps, max_frames, mode):
     args = (videos / name, fps, max_frames, mode, None)
     assert_same(video._planned(*args), video._sequential(*args))
+
+
+@pytest.mark.parametrize("name", ["msrvtt_video9770.mp4", "torchcodec_nasa_13013.mp4", "moviepy_no_duration.webm"])
+def test_windows_of_moments_are_exact_on_both_paths(videos, name):
+    """Moments (``index --window``): both paths keep the same frames, and every window's frames lie inside it."""
+    planned_windows, sequential_windows = WindowSelector(3.0, 2.0, 4), WindowSelector(3.0, 2.0, 4)
+    planned = video._planned(videos / name, 2.0, planned_windows, "timestamp", None)
+    sequential = video._sequential(videos / name, 2.0, sequential_windows, "timestamp", None)
+    assert_same(planned, sequential)
+    assert planned_windows.windows == sequential_windows.windows and len(planned_windows.windows) > 1
+    first = 0
+    for window in planned_windows.windows:
+        times = [float(t) for t, _ in planned[first : first + window.count]]
+        assert 1 <= window.count <= 4 and all(window.start <= t < window.end for t in times)
+        first += window.count
+    assert first == len(planned)
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ decoder errors are caught per packet, counted, and reported in one warning.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
@@ -34,6 +35,7 @@ from torch import Tensor
 
 SamplingMode = Literal["timestamp", "official"]
 FrameTransform = Callable[[Tensor], Tensor]  # uint8 [3,H,W] -> uint8 [3,S,S], applied to each frame as it is taken
+FrameSelector = Callable[[list[Fraction]], list[int]]  # seconds of every picked frame -> the ones to keep (sorted)
 NO_PTS_FORMATS = {"avi"}  # pts derived from decode order (MPEG-4 packed B-frames): frames don't map 1:1 to packets
 REORDER_WINDOW = 64  # frames held to restore presentation order (AVI / B-frame decode order is only locally off)
 
@@ -59,6 +61,54 @@ def linspace_indices(count: int, max_frames: int) -> list[int]:
     if count <= max_frames:
         return list(range(count))
     return np.linspace(0, count - 1, num=max_frames, dtype=int).tolist()
+
+
+def _linspace_select(times: list[Fraction], max_frames: int) -> list[int]:
+    return linspace_indices(len(times), max_frames)
+
+
+def _selector(select: FrameSelector | int) -> FrameSelector:
+    """A selector, or ``max_frames`` for the linspace rule."""
+    return functools.partial(_linspace_select, max_frames=select) if isinstance(select, int) else select
+
+
+@dataclass(frozen=True)
+class Window:
+    """One moment of a long video: [start, end) seconds from the first frame, and its ``count`` sampled frames."""
+
+    start: float
+    end: float
+    count: int
+
+
+class WindowSelector:
+    """Splits a video into ``round(D / window)`` equal consecutive windows (at least one; D = the time of the last
+    picked frame plus one sampling period) and keeps up to ``max_frames`` frames of each by the linspace rule.
+    After sampling, ``windows`` says which of the returned frames belong to which window (windows without a frame
+    are left out). A clip shorter than 1.5 windows stays one window, as the model was trained."""
+
+    def __init__(self, window: float, fps: float, max_frames: int) -> None:
+        if window <= 0:
+            raise ValueError(f"window must be positive (seconds), got {window}")
+        self.window, self.period, self.max_frames = window, 1 / fps, max_frames
+        self.windows: list[Window] = []
+
+    def __call__(self, times: list[Fraction]) -> list[int]:
+        if not times:
+            self.windows = []
+            return []
+        duration = float(times[-1]) + self.period
+        count = max(1, round(duration / self.window))
+        groups: list[list[int]] = [[] for _ in range(count)]
+        for i, time in enumerate(times):
+            groups[min(count - 1, int(float(time) * count / duration))].append(i)
+        kept, self.windows = [], []
+        for k, group in enumerate(groups):
+            if group:
+                chosen = [group[j] for j in linspace_indices(len(group), self.max_frames)]
+                kept.extend(chosen)
+                self.windows.append(Window(duration * k / count, duration * (k + 1) / count, len(chosen)))
+        return kept
 
 
 def _open(path: str | os.PathLike) -> av.container.InputContainer:
@@ -192,16 +242,18 @@ class _Picker:
 def _sequential(
     path: str | os.PathLike,
     fps: float,
-    max_frames: int,
+    select: FrameSelector | int,
     mode: SamplingMode,
     end_time: float | None,
     transform: FrameTransform | None = None,
 ) -> list[tuple[Fraction, Tensor]]:
-    """Decode every frame in order (per-packet error capture), convert the picked ones, then apply linspace.
+    """Decode every frame in order (per-packet error capture), convert the picked ones, then keep ``select``'s.
 
     A file with a corrupt packet is decoded a second time, converting every frame as it comes out (see
     ``_presentation_order``): its frames are then those of one decoder fed every packet that decodes.
     """
+
+    select = _selector(select)
 
     def convert(frame: av.VideoFrame) -> Tensor:
         return _to_tensor(frame, transform)
@@ -217,7 +269,7 @@ def _sequential(
                     picked.append((picker.seconds(pts), frame if isinstance(frame, Tensor) else convert(frame)))
                 elif picker.done:
                     break
-            return [picked[i] for i in linspace_indices(len(picked), max_frames)]
+            return [picked[i] for i in select([time for time, _ in picked])]
         except _CorruptPacket:
             continue
         except av.error.FFmpegError as err:
@@ -239,7 +291,10 @@ def _video_stream(container: av.container.InputContainer, path: str | os.PathLik
 
 
 def _demux_plan(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, picker: _Picker, max_frames: int
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    picker: _Picker,
+    select: FrameSelector | int,
 ) -> tuple[list[av.Packet], set[int], list[bool]] | None:
     """Step 1 of the fast path: every packet (demuxed once), the decode indices of the target frames, and which
     packets must be decoded: from the last keyframe before each target (in decode order) that precedes it in time.
@@ -256,7 +311,7 @@ def _demux_plan(
     pts = [p.pts for p in packets]
     order = sorted(range(len(packets)), key=pts.__getitem__)  # decode index by presentation order
     picked = [i for i in order if picker.accept(pts[i]) and not picker.done]
-    targets = {picked[n] for n in linspace_indices(len(picked), max_frames)}
+    targets = {picked[n] for n in _selector(select)([picker.seconds(pts[i]) for i in picked])}
     needed = [False] * len(packets)
     keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
     for target in targets:
@@ -309,7 +364,7 @@ def _decode_segments(
 def _planned(
     path: str | os.PathLike,
     fps: float,
-    max_frames: int,
+    select: FrameSelector | int,
     mode: SamplingMode,
     end_time: float | None,
     transform: FrameTransform | None = None,
@@ -326,7 +381,7 @@ def _planned(
             return None
         stream = _video_stream(container, path)
         picker = _Picker(stream.average_rate or stream.guessed_rate, fps, mode, end_time, stream.time_base)
-        plan = _demux_plan(container, stream, picker, max_frames)
+        plan = _demux_plan(container, stream, picker, select)
         if plan is None:
             return None
         packets, targets, needed = plan
@@ -347,6 +402,7 @@ def sample_frames(
     mode: SamplingMode = "timestamp",
     end_time: float | None = None,
     transform: FrameTransform | None = None,
+    select: FrameSelector | None = None,
 ) -> SampledFrames:
     """Sample ``fps`` frames per second (at most ``max_frames``, uniformly subsampled) from a video file.
 
@@ -354,7 +410,8 @@ def sample_frames(
     decodes only what the chosen frames need; when its plan cannot be trusted (no pts, a corrupt packet, a stream
     that starts mid-GOP, any failure of its own) every frame is decoded in order instead. Both give the same frames.
     ``transform`` is applied to each frame as it is taken (e.g. a resize: memory then never holds ``max_frames``
-    full-size frames of a 4K video).
+    full-size frames of a 4K video). ``select`` replaces the linspace rule: it gets the seconds of every picked frame
+    and returns the indices to keep (``WindowSelector`` keeps up to ``max_frames`` in each window of a long video).
 
     Raises ``FileNotFoundError`` for a missing file and ``VideoDecodeError`` when nothing decodes (empty, garbage,
     no video stream, audio only).
@@ -363,14 +420,15 @@ def sample_frames(
         raise ValueError(f"need fps > 0 and max_frames >= 1, got fps={fps}, max_frames={max_frames}")
     if mode not in ("timestamp", "official"):
         raise ValueError(f"unknown sampling mode {mode!r}; expected 'timestamp' or 'official'")
+    select = select or max_frames
     try:
-        picked = _planned(path, fps, max_frames, mode, end_time, transform)
+        picked = _planned(path, fps, select, mode, end_time, transform)
     except (FileNotFoundError, VideoDecodeError):
         raise  # the file itself is missing or unreadable: decoding it in order cannot help
     except Exception:  # the plan's own failure: the verified path decides
         picked = None
     if picked is None:
-        picked = _sequential(path, fps, max_frames, mode, end_time, transform)
+        picked = _sequential(path, fps, select, mode, end_time, transform)
     if not picked:
         raise VideoDecodeError(path, "no frame could be decoded")
     frames = torch.stack([frame for _, frame in picked])
