@@ -7,6 +7,8 @@ a lock for writers, and checks that the manifest and the feature rows agree.
                                         and window length, the failures
     <index>/shards/<token>.safetensors  video [n,D], frames [n,T,D], frame_mask [n,T]; metadata "ids": the entry
                                         ids of its rows in order. Never modified once written
+    <index>/ann/<token>.faiss           optional, large collections: the approximate first stage (``ann.py``) and
+    <index>/ann/<token>.keys.npy        the FAISS ids of the moments it holds. Never modified once written
     <index>/thumbs/<id>.jpg             the sampled frames of one entry (the id covers path, size, mtime, window)
     <index>/.lock                       held (flock) by the one process updating the index, with its pid
 
@@ -30,14 +32,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
 INDEX_VERSION = 3  # 2: sharded features, ids checked row by row; 3: one entry per moment (window) of a video
-MANIFEST, SHARDS, THUMBS, LOCK = "manifest.json", "shards", "thumbs", ".lock"
+MANIFEST, SHARDS, THUMBS, LOCK, ANN = "manifest.json", "shards", "thumbs", ".lock", "ann"
 SHARD_NAME = re.compile(r"^[0-9a-f]{32}\.safetensors$")
+ANN_NAME = re.compile(r"^[0-9a-f]{32}\.(faiss|keys\.npy)$")
 THUMB_NAME = re.compile(r"^[0-9a-f]{16}\.jpg$")
 FEATURE_KEYS = ("video", "frames", "frame_mask")
 FLUSH_SECONDS = 60.0  # a build publishes what it has encoded at least this often, so a killed build keeps it
@@ -98,13 +102,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_shard(folder: Path, tensors: dict[str, Tensor], ids: list[str]) -> tuple[str, dict[str, Any]]:
-    """Write one immutable shard (temporary name, fsync, rename); returns its name and manifest record."""
+def write_shard(
+    folder: Path, tensors: dict[str, Tensor], ids: list[str], dtype: torch.dtype = torch.float32
+) -> tuple[str, dict[str, Any]]:
+    """Write one immutable shard (temporary name, fsync, rename); returns its name and manifest record.
+    ``dtype``: of the stored features (float16 halves the disk and the page cache a large index needs)."""
     (folder / SHARDS).mkdir(parents=True, exist_ok=True)
     name = f"{secrets.token_hex(16)}.safetensors"
     tmp = folder / SHARDS / f".{name}.tmp"
-    data = {k: v.contiguous() for k, v in tensors.items()}
-    data["frame_mask"] = data["frame_mask"].to(torch.uint8)
+    data = {k: v.to(dtype).contiguous() for k, v in tensors.items() if k != "frame_mask"}
+    data["frame_mask"] = tensors["frame_mask"].to(torch.uint8).contiguous()
     save_file(data, str(tmp), metadata={"ids": json.dumps(ids)})
     _fsync_write(tmp)
     os.replace(tmp, folder / SHARDS / name)
@@ -192,30 +199,125 @@ def check(folder: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]],
     return good, problems
 
 
-def load_features(folder: Path, entries: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """The feature rows of ``entries``, in their order: video [N,D], frames [N,T,D], frame_mask [N,T] bool."""
+def check_ann(folder: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """(the approximate index's record when its files are there and match their checksums, else a problem)."""
+    record = manifest.get("ann")
+    if not record:
+        return None, None
+    try:
+        for name, digest in zip(record["files"], record["sha256"], strict=True):
+            path = folder / ANN / name
+            if not ANN_NAME.match(name):
+                return None, f"approximate index file name {name!r} is not one"
+            if not path.is_file() or file_sha256(path) != digest:
+                return None, f"{path} is missing or does not match its checksum"
+    except (KeyError, TypeError, ValueError):
+        return None, "the approximate index's record is malformed"
+    return record, None
+
+
+def write_ann(folder: Path, index: Any, keys: np.ndarray, write_index) -> dict[str, Any]:
+    """Write the approximate index (``write_index(index, path)``) and its ids as two immutable files; their record."""
+    (folder / ANN).mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(16)
+    names = [f"{token}.faiss", f"{token}.keys.npy"]
+    tmp = [folder / ANN / f".{name}.tmp" for name in names]
+    write_index(index, str(tmp[0]))
+    with open(tmp[1], "wb") as f:
+        np.save(f, keys.astype(np.int64))
+    for t, name in zip(tmp, names, strict=True):
+        _fsync_write(t)
+        os.replace(t, folder / ANN / name)
+    return {"files": names, "sha256": [file_sha256(folder / ANN / n) for n in names], "rows": len(keys)}
+
+
+def load_features(
+    folder: Path, entries: list[dict[str, Any]], keys: tuple[str, ...] = FEATURE_KEYS
+) -> dict[str, Tensor]:
+    """The feature rows of ``entries``, in their order: video [N,D], frames [N,T,D] (float32 whatever the stored
+    dtype), frame_mask [N,T] bool; only ``keys``."""
     by_shard: dict[str, list[int]] = {}
     for position, entry in enumerate(entries):
         by_shard.setdefault(entry["shard"], []).append(position)
-    parts: dict[str, list[Tensor]] = {k: [] for k in FEATURE_KEYS}
+    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
     order: list[int] = []
     for name, positions in by_shard.items():
         rows = torch.tensor([entries[p]["row"] for p in positions])
         with safe_open(str(folder / SHARDS / name), framework="pt") as f:
-            for key in FEATURE_KEYS:
+            for key in keys:
                 parts[key].append(f.get_tensor(key)[rows])
         order.extend(positions)
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     features = {k: torch.cat(v)[inverse] for k, v in parts.items()}
-    features["frame_mask"] = features["frame_mask"].bool()
+    for key in features:
+        features[key] = features[key].bool() if key == "frame_mask" else features[key].float()
     return features
+
+
+_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "U8": np.uint8}
+
+
+def _mapped_tensors(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file as read-only memory maps (the format: an 8-byte little-endian header
+    length, a JSON header with each tensor's dtype, shape and byte offsets, then the data)."""
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    mapped = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        begin, end = info["data_offsets"]
+        dtype = _NUMPY_DTYPES[info["dtype"]]
+        count = (end - begin) // np.dtype(dtype).itemsize
+        data = np.memmap(path, dtype=dtype, mode="r", offset=8 + length + begin, shape=(count,))
+        mapped[key] = data.reshape(info["shape"])
+    return mapped
+
+
+class MappedRows:
+    """One feature of every entry, read from the memory-mapped shards only for the rows asked for: what a large
+    index ranks with (the page cache holds the hot rows; the process holds only the K candidates it re-scores).
+    ``rows[t]`` for a LongTensor ``t`` gathers like a tensor (float32, frame_mask bool)."""
+
+    def __init__(self, maps: dict[str, dict[str, np.ndarray]], entries: list[dict[str, Any]], key: str) -> None:
+        names = sorted({e["shard"] for e in entries})
+        self.arrays = [maps[n][key] for n in names]
+        shard_number = {n: i for i, n in enumerate(names)}
+        self.shard = np.array([shard_number[e["shard"]] for e in entries], dtype=np.int64)
+        self.row = np.array([e["row"] for e in entries], dtype=np.int64)
+        self.key = key
+        self.shape = (len(entries), *self.arrays[0].shape[1:])
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: Tensor) -> Tensor:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32 if self.key != "frame_mask" else np.uint8)
+        shards = self.shard[rows]
+        for s in np.unique(shards):
+            where = np.nonzero(shards == s)[0]
+            out[where] = self.arrays[s][self.row[rows[where]]]
+        tensor = torch.from_numpy(out)
+        return tensor.bool() if self.key == "frame_mask" else tensor
+
+
+def mapped_features(folder: Path, entries: list[dict[str, Any]]) -> dict[str, MappedRows]:
+    maps = {name: _mapped_tensors(folder / SHARDS / name) for name in {e["shard"] for e in entries}}
+    return {key: MappedRows(maps, entries, key) for key in FEATURE_KEYS}
 
 
 def collect_garbage(folder: Path, manifest: dict[str, Any]) -> None:
     """Delete shards, thumbnails and temporary files the published ``manifest`` does not reference (writer only)."""
     shards = set(manifest["shards"])
     thumbs = {e["thumbnail"] for e in manifest["entries"]}
+    ann = set(manifest["ann"]["files"]) if manifest.get("ann") else set()
+    for path in (folder / ANN).glob("*"):
+        if path.name not in ann:
+            path.unlink(missing_ok=True)
     for path in (folder / SHARDS).glob("*"):
         if path.name not in shards:
             path.unlink(missing_ok=True)
@@ -237,6 +339,8 @@ class IndexWriter:
         self.failures: dict[str, str] = {}
         self.pending: list[tuple[dict[str, Any], dict[str, Tensor]]] = []
         self.published_at = time.monotonic()
+        self.ann: dict[str, Any] | None = None  # the approximate first stage's record, when the index has one
+        self.dtype = getattr(torch, header.get("feature_dtype", "float32"))
 
     def add_video(self, rows: list[tuple[dict[str, Any], dict[str, Tensor]]], flush_every: int) -> None:
         """Add every moment of one video (entry, feature row) together: a version never holds part of a video."""
@@ -248,7 +352,7 @@ class IndexWriter:
         """Write the pending rows as one shard, then publish the version that includes them."""
         if self.pending:
             tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
-            name, record = write_shard(self.folder, tensors, [e["id"] for e, _ in self.pending])
+            name, record = write_shard(self.folder, tensors, [e["id"] for e, _ in self.pending], self.dtype)
             self.shards[name] = record
             for row, (entry, _) in enumerate(self.pending):
                 self.entries[entry["id"]] = {**entry, "shard": name, "row": row}
@@ -263,6 +367,7 @@ class IndexWriter:
             "shards": {n: r for n, r in self.shards.items() if live[n]},
             "entries": list(self.entries.values()),
             "failures": self.failures,
+            "ann": self.ann,
         }
         publish(self.folder, manifest)
         collect_garbage(self.folder, manifest)

@@ -13,6 +13,7 @@ from torch import Tensor
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
 
 DEFAULT_CANDIDATES = 200  # videos re-scored with the full X-CLIP score per query (bench/search.py)
+EXHAUSTIVE_BLOCK = 65536  # rows gathered and fully scored at a time when every video is scored
 CoarseBackend = Literal["auto", "torch", "faiss"]
 
 
@@ -71,12 +72,21 @@ def rank_videos(
         raise ValueError(f"k (the number of results) must be at least 1, got {k}")
     n = features.video.shape[0]
     k = min(k, n)
-    if candidates is None or max(candidates, k) >= n:
-        rows = torch.arange(n, device=features.video.device)
+    if candidates is None or max(candidates, k) >= n:  # every video, a block at a time (memory stays bounded)
+        blocks = [
+            torch.arange(s, min(n, s + EXHAUSTIVE_BLOCK), device=features.video.device)
+            for s in range(0, n, EXHAUSTIVE_BLOCK)
+        ]
     else:
         coarse = coarse or CoarseSearch(features.video, backend="torch")
-        rows = coarse.topk(coarse_query(head, text), max(candidates, k))[0]
-    subset = VideoFeatures(*(x[rows] for x in features))  # [len(rows),...], row i of subset is video rows[i]
-    scores = head.score_matrix(text, subset, logit_scale)[0]
-    order = scores.argsort(descending=True, stable=True)[:k]
+        blocks = [coarse.topk(coarse_query(head, text), max(candidates, k))[0]]
+    best_rows, best_scores = [], []
+    for rows in blocks:
+        subset = VideoFeatures(*(x[rows] for x in features))  # [len(rows),...], row i of subset is video rows[i]
+        scores = head.score_matrix(text, subset, logit_scale)[0]
+        order = scores.argsort(descending=True, stable=True)[:k]
+        best_rows.append(rows[order])
+        best_scores.append(scores[order])
+    rows, scores = torch.cat(best_rows), torch.cat(best_scores)
+    order = scores.argsort(descending=True, stable=True)[:k]  # blocks are in row order: ties stay by row
     return rows[order], scores[order]

@@ -22,12 +22,14 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -35,12 +37,14 @@ from torchvision.io import encode_jpeg
 from torchvision.transforms.v2.functional import resize
 from tqdm.auto import tqdm
 
+from xclip_lightning import ann
 from xclip_lightning.data.benchmarks.common import VIDEO_EXTENSIONS
 from xclip_lightning.data.dataset import pad_frames, worker_init
 from xclip_lightning.data.frame_cache import SamplerSettings
 from xclip_lightning.data.transforms import resize_crop
 from xclip_lightning.data.video import WindowSelector, sample_frames
 from xclip_lightning.index_store import (
+    ANN,
     FEATURE_KEYS,
     INDEX_VERSION,
     MANIFEST,
@@ -48,9 +52,12 @@ from xclip_lightning.index_store import (
     IndexWriter,
     VideoIndexError,
     check,
+    check_ann,
     entry_id,
     load_features,
+    mapped_features,
     read_manifest,
+    write_ann,
     writer_lock,
 )
 from xclip_lightning.model.head import TextFeatures, VideoFeatures
@@ -191,15 +198,16 @@ class _Decode(Dataset):
 
 
 def _previous_version(
-    folder: Path, fingerprint: str, settings: SamplerSettings, window: float | None
-) -> tuple[list[dict[str, Any]], dict, list[str], str | None]:
-    """(entries that agree with their rows, their shards, the problems found, model_dir) of the published version.
+    folder: Path, fingerprint: str, settings: SamplerSettings, window: float | None, dtype: str
+) -> tuple[list[dict[str, Any]], dict, list[str], str | None, dict | None]:
+    """(entries that agree with their rows, their shards, the problems found, model_dir, the approximate index's
+    record) of the published version.
 
     A build repairs: what does not agree (a swapped, edited or deleted entry, a corrupt shard) is left out here,
     and its video is encoded again.
     """
     if not (folder / MANIFEST).is_file():
-        return [], {}, [], None
+        return [], {}, [], None, None
     manifest = read_manifest(folder)
     if manifest["model_fingerprint"] != fingerprint:
         raise VideoIndexError(
@@ -216,9 +224,16 @@ def _previous_version(
             f"{folder} was built with --window {manifest.get('window') or 0}, not {window or 0}: delete it or choose "
             f"another --out"
         )
+    if manifest.get("feature_dtype", "float32") != dtype:
+        raise VideoIndexError(
+            f"{folder} stores {manifest.get('feature_dtype')} features, not {dtype} (--half): delete it or choose "
+            f"another --out"
+        )
     entries, problems = check(folder, manifest)
     shards = {e["shard"]: manifest["shards"][e["shard"]] for e in entries}
-    return entries, shards, problems, manifest.get("model_dir")
+    ann_record, ann_problem = check_ann(folder, manifest)
+    problems += [ann_problem] if ann_problem else []
+    return entries, shards, problems, manifest.get("model_dir"), ann_record
 
 
 class VideoIndex:
@@ -243,6 +258,7 @@ class VideoIndex:
         self.coarse_backend: CoarseBackend = "auto"
         self._coarse: CoarseSearch | None = None
         self.window: float | None = None  # seconds per moment it was built with (None: one moment per file)
+        self.rank = 0  # the process's rank in a multi-process build (only rank 0 reports)
 
     @property
     def features(self) -> VideoFeatures:
@@ -267,6 +283,10 @@ class VideoIndex:
         flush_every: int = FLUSH_EVERY,
         window: float | None = DEFAULT_WINDOW,
         device: str = "auto",
+        approximate: str = "auto",
+        half: bool = False,
+        devices: int = 1,
+        num_nodes: int = 1,
     ) -> VideoIndex:
         """Index every video under ``videos`` (recursively) into ``out``; an existing index there is updated:
         only new or changed files are encoded, files that disappeared are dropped, entries that no longer agree
@@ -274,7 +294,13 @@ class VideoIndex:
 
         ``window``: seconds per moment of a long video (``WindowSelector``; None or 0: one item per file).
         ``batch_size``: moments encoded together. ``device``: "auto" (a GPU when there is one), "cpu", "cuda"...;
-        on a GPU the encoders run under fp16 autocast. The index stores fp32 rows either way."""
+        on a GPU the encoders run under fp16 autocast. The index stores fp32 rows, or fp16 with ``half``.
+        ``approximate``: "auto" (an IVF first stage from ``ANN_MIN_ROWS`` moments, when faiss is installed), "on",
+        "off" (``ann.py``); kept up to date by every update. ``devices`` / ``num_nodes`` > 1: one process per device
+        through Lightning (``distributed_index.py``), each encoding its share of the videos into its own shards, the
+        first merging them into one version (``device`` then says the kind: "cpu" or "cuda")."""
+        if approximate not in ("auto", "on", "off"):
+            raise ValueError(f"approximate must be 'auto', 'on' or 'off', got {approximate!r}")
         window = window or None
         model_dir = str(model) if not isinstance(model, XCLIP) else None
         model = (load_search_model(model) if model_dir is not None else model).eval()
@@ -282,27 +308,30 @@ class VideoIndex:
         settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
         out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
         fingerprint = model_fingerprint(model)
-        with writer_lock(out):
-            previous, shards, problems, old_model_dir = _previous_version(out, fingerprint, settings, window)
-            model_dir = model_dir or old_model_dir
-            header = {
-                "format_version": INDEX_VERSION,
-                "model_fingerprint": fingerprint,
-                "model_dir": model_dir,
-                "videos": str(videos),
-                "sampler": asdict(settings),
-                "window": window,
-            }
-            paths, unreadable = list_videos(videos)
-            kept, todo = _unchanged(previous, paths)
-            writer = IndexWriter(out, header, kept, shards)
-            _encode(model, todo, settings, window, writer, batch_size, workers, progress, flush_every)
-            writer.compact()
+        dtype = "float16" if half else "float32"
+        if devices > 1 or num_nodes > 1:
+            from xclip_lightning.distributed_index import build_distributed
+
+            plan, writer, rank = build_distributed(
+                model, videos, out, settings, window, dtype, model_dir, approximate, device, devices, num_nodes,
+                batch_size, workers, flush_every,
+            )  # fmt: skip
+        else:
+            rank = 0
+            with writer_lock(out):
+                plan = _plan(out, videos, fingerprint, settings, window, dtype, model_dir)
+                writer = IndexWriter(out, plan.header, plan.kept, plan.shards)
+                writer.ann = plan.old_ann
+                _encode(model, plan.todo, settings, window, writer, batch_size, workers, progress, flush_every)
+                writer.compact()
+                _update_approximate(writer, approximate)
+        model_dir = plan.header["model_dir"]
+        todo, problems, unreadable = plan.todo, plan.problems, plan.unreadable
         model.cpu()  # searching encodes one query at a time: the CPU does it
         entries = [IndexEntry(**e) for e in writer.entries.values()]
         index = cls(model, settings, entries, writer.failures, out, model_dir)
         index.encoded, index.repaired, index.unreadable = len(todo) - len(writer.failures), problems, unreadable
-        index.window = window
+        index.window, index.rank = window, rank
         return index
 
     # ---- loading -----------------------------------------------------------------------------------------------
@@ -311,15 +340,18 @@ class VideoIndex:
     def load(
         cls, folder: str | os.PathLike, model: XCLIP | str | os.PathLike | None = None, fingerprint: str | None = None
     ) -> VideoIndex:
-        """Open an index with all its features; refuses one built by another model, and one whose manifest does
-        not agree with its files (saying how to repair it)."""
+        """Open an index with all its features (memory-mapped when it has an approximate first stage: a large
+        index is never read whole); refuses one built by another model, and one whose manifest does not agree with
+        its files (saying how to repair it)."""
         folder = Path(folder)
         for attempt in range(2):  # a writer may publish (and delete the old shards) between our reads: read again
             stamp = (folder / MANIFEST).stat().st_mtime_ns if (folder / MANIFEST).is_file() else None
             manifest = read_manifest(folder)
             entries, problems = check(folder, manifest)
+            large = bool(manifest.get("ann"))
             try:
-                features = load_features(folder, entries) if not problems else None
+                read = mapped_features if large else load_features
+                features = read(folder, entries) if not problems else None
             except OSError as err:
                 problems = [str(err)]
             if not problems or attempt or (folder / MANIFEST).stat().st_mtime_ns == stamp:
@@ -350,6 +382,8 @@ class VideoIndex:
         index_entries = [IndexEntry(**e) for e in entries]
         index = cls(model, settings, index_entries, manifest.get("failures", {}), folder, model_dir, video)
         index.window = manifest.get("window")
+        if large:
+            index._coarse = _approximate_stage(folder, manifest, entries)
         return index
 
     # ---- searching ---------------------------------------------------------------------------------------------
@@ -395,6 +429,102 @@ class VideoIndex:
                 )
             )  # fmt: skip
         return hits
+
+
+@dataclass
+class _Plan:
+    """What an update has to do, decided under the writer lock from the published version and the folder."""
+
+    header: dict[str, Any]
+    kept: list[dict[str, Any]]  # moments of unchanged videos, kept with their rows
+    shards: dict[str, Any]  # the shards those rows are in
+    todo: list[Path]  # videos to encode: new, changed or repaired
+    problems: list[str]  # what the published version had out of agreement (redone)
+    unreadable: list[str]  # subfolders that could not be listed
+    old_ann: dict[str, Any] | None
+
+
+def _plan(
+    out: Path,
+    videos: Path,
+    fingerprint: str,
+    settings: SamplerSettings,
+    window: float | None,
+    dtype: str,
+    model_dir: str | None,
+) -> _Plan:
+    previous, shards, problems, old_model_dir, old_ann = _previous_version(out, fingerprint, settings, window, dtype)
+    header = {
+        "format_version": INDEX_VERSION,
+        "model_fingerprint": fingerprint,
+        "model_dir": model_dir or old_model_dir,
+        "videos": str(videos),
+        "sampler": asdict(settings),
+        "window": window,
+        "feature_dtype": dtype,
+    }
+    paths, unreadable = list_videos(videos)
+    kept, todo = _unchanged(previous, paths)
+    return _Plan(header, kept, shards, todo, problems, unreadable, old_ann)
+
+
+def _approximate_stage(
+    folder: Path, manifest: dict, entries: list[dict[str, Any]]
+) -> CoarseSearch | ann.ApproximateSearch:
+    """The index's IVF first stage, with the moments it does not hold yet scored exactly; the exact first stage
+    (with a warning saying why) when faiss is missing or the files do not match their checksums."""
+    record, problem = check_ann(folder, manifest)
+    if problem or not ann.available():
+        reason = problem or "faiss is not installed (pip install faiss-cpu)"
+        warnings.warn(
+            f"{folder}: the approximate first stage is not usable ({reason}): every video vector is scored instead "
+            f"(exact, slower); running `xclip-lightning index` again rebuilds it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return CoarseSearch(load_features(folder, entries, ("video",))["video"], "torch")
+    stored = np.load(folder / ANN / record["files"][1])
+    keys = np.array([ann.entry_key(e["id"]) for e in entries], dtype=np.int64)
+    missing = np.nonzero(~np.isin(keys, stored))[0]
+    extra = load_features(folder, [entries[i] for i in missing], ("video",))["video"] if len(missing) else None
+    return ann.ApproximateSearch(
+        ann.read(str(folder / ANN / record["files"][0])),
+        keys,
+        extra_rows=torch.from_numpy(missing),
+        extra_vectors=extra,
+    )
+
+
+def _update_approximate(writer: IndexWriter, mode: str) -> None:
+    """Bring the approximate first stage in line with the entries (``ann.py``), then publish: remove the vectors
+    of moments that are gone, add the new ones; (re)train when there is none yet or the collection has outgrown
+    it; drop it when the collection is under the threshold (``auto``) or it is turned off."""
+    entries = list(writer.entries.values())
+    wanted = mode == "on" or (mode == "auto" and len(entries) >= ann.ANN_MIN_ROWS)
+    if wanted and not ann.available():
+        if mode == "on":
+            raise VideoIndexError("--approximate on needs faiss: pip install faiss-cpu (the index was saved without)")
+        wanted = False
+    if not wanted or not entries:
+        writer.ann = None
+        writer.publish()
+        return
+    keys = np.array([ann.entry_key(e["id"]) for e in entries], dtype=np.int64)
+    previous = writer.ann
+    if previous and len(entries) <= ann.RETRAIN_GROWTH * previous["trained_on"]:
+        index = ann.read(str(writer.folder / ANN / previous["files"][0]))
+        old_keys = np.load(writer.folder / ANN / previous["files"][1])
+        ann.remove(index, np.setdiff1d(old_keys, keys))
+        new = ~np.isin(keys, old_keys)
+        if new.any():
+            fresh = [e for e, is_new in zip(entries, new, strict=True) if is_new]
+            ann.add(index, load_features(writer.folder, fresh, ("video",))["video"], keys[new])
+        trained_on = previous["trained_on"]
+    else:
+        index = ann.build(load_features(writer.folder, entries, ("video",))["video"], keys)
+        trained_on = len(entries)
+    writer.ann = {**write_ann(writer.folder, index, keys, ann.write), "trained_on": trained_on}
+    writer.publish()
 
 
 def _at_most_per_video(rows: Tensor, scores: Tensor, paths: list[str], per_video: int, k: int) -> tuple[Tensor, Tensor]:
@@ -471,7 +601,63 @@ class _Video:
         return out
 
 
-@torch.no_grad()
+class _Encoder:
+    """Encodes decoded videos' moments ``batch_size`` at a time (a long video spreads over several batches, short
+    ones share one) and hands each complete video's rows to ``writer``, in the order the videos came."""
+
+    def __init__(self, model: XCLIP, settings: SamplerSettings, writer: IndexWriter, batch_size: int, flush_every: int):
+        self.model, self.settings, self.writer = model, settings, writer
+        self.batch_size, self.flush_every = batch_size, flush_every
+        self.device = next(model.parameters()).device
+        self.waiting: list[tuple[_Video, int]] = []  # moments decoded, not yet encoded (FIFO)
+        (writer.folder / THUMBS).mkdir(parents=True, exist_ok=True)
+
+    def add(self, path: Path, item: dict) -> None:
+        if "error" in item:
+            self.writer.failures[str(path)] = item["error"]
+            return
+        video = _Video(path, item)
+        self.waiting.extend((video, k) for k in range(len(video.rows)))
+        while len(self.waiting) >= self.batch_size:
+            self._encode(self.waiting[: self.batch_size])
+            self.waiting = self.waiting[self.batch_size :]
+
+    def finish(self) -> None:
+        if self.waiting:
+            self._encode(self.waiting)
+            self.waiting = []
+
+    @torch.no_grad()
+    def _encode(self, chunk: list[tuple[_Video, int]]) -> None:
+        frames, mask = (
+            torch.stack(x)
+            for x in zip(*(pad_frames(v.frames(k), self.settings.max_frames) for v, k in chunk), strict=True)
+        )
+        device = self.device
+        with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+            video = self.model.encode_video(frames.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+        for j, (v, k) in enumerate(chunk):
+            v.rows[k] = {
+                "video": video.video[j].float().cpu(),
+                "frames": video.frames[j].float().cpu(),
+                "frame_mask": video.frame_mask[j].cpu(),
+            }
+            if k == len(v.rows) - 1:
+                self.writer.add_video(v.moments(self.writer.folder), self.flush_every)
+
+
+def _loader(todo: list[Path], settings: SamplerSettings, window: float | None, workers: int, pin: bool) -> DataLoader:
+    """Decoding workers, one video per item, prefetching while the model encodes."""
+    return DataLoader(
+        _Decode(todo, settings, window),
+        batch_size=None,
+        num_workers=workers,
+        worker_init_fn=worker_init,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+    )
+
+
 def _encode(
     model: XCLIP,
     todo: list[Path],
@@ -483,49 +669,14 @@ def _encode(
     progress: bool,
     flush_every: int,
 ) -> None:
-    """Decode ``todo`` in DataLoader workers, encode their moments ``batch_size`` at a time (a long video spreads
-    over several batches, short ones share one), hand each complete video's rows to ``writer``."""
-    device = next(model.parameters()).device
-    loader = DataLoader(
-        _Decode(todo, settings, window),
-        batch_size=None,
-        num_workers=workers,
-        worker_init_fn=worker_init,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
-    (writer.folder / THUMBS).mkdir(parents=True, exist_ok=True)
-    waiting: list[tuple[_Video, int]] = []  # moments decoded, not yet encoded (FIFO: videos complete in order)
-
-    def encode(chunk: list[tuple[_Video, int]]) -> None:
-        frames, mask = (
-            torch.stack(x) for x in zip(*(pad_frames(v.frames(k), settings.max_frames) for v, k in chunk), strict=True)
-        )
-        with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
-            video = model.encode_video(frames.to(device, non_blocking=True), mask.to(device, non_blocking=True))
-        for j, (v, k) in enumerate(chunk):
-            v.rows[k] = {
-                "video": video.video[j].float().cpu(),
-                "frames": video.frames[j].float().cpu(),
-                "frame_mask": video.frame_mask[j].cpu(),
-            }
-            if k == len(v.rows) - 1:
-                writer.add_video(v.moments(writer.folder), flush_every)
-
+    """Decode ``todo`` in DataLoader workers and encode it into ``writer`` (one process)."""
+    encoder = _Encoder(model, settings, writer, batch_size, flush_every)
+    loader = _loader(todo, settings, window, workers, encoder.device.type == "cuda")
     with tqdm(total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=not progress) as bar:
         for item in loader:
             bar.update(1)
-            path = todo[item["index"]]
-            if "error" in item:
-                writer.failures[str(path)] = item["error"]
-                continue
-            video = _Video(path, item)
-            waiting.extend((video, k) for k in range(len(video.rows)))
-            while len(waiting) >= batch_size:
-                encode(waiting[:batch_size])
-                waiting = waiting[batch_size:]
-        if waiting:
-            encode(waiting)
+            encoder.add(todo[item["index"]], item)
+        encoder.finish()
     writer.flush()
     if not writer.entries:
         raise VideoIndexError(f"no video could be indexed ({len(writer.failures)} failed)")

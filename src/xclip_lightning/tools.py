@@ -77,13 +77,27 @@ def index(argv: Sequence[str]) -> None:
     parser.add_argument("--batch-size", type=_positive, default=8, help="moments encoded together")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+    parser.add_argument(
+        "--approximate",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="an approximate (FAISS IVF) first stage for search: auto = from 100,000 moments when faiss is installed",
+    )
+    parser.add_argument("--half", action="store_true", help="store the features in fp16 (half the disk and memory)")
+    parser.add_argument(
+        "--devices", type=_positive, default=1, help="processes (GPUs, or CPU processes with --device cpu) under DDP"
+    )
+    parser.add_argument("--num-nodes", type=_positive, default=1, help="machines (torchrun / SLURM; a shared --out)")
     args = parser.parse_args(argv)
     from xclip_lightning.search import VideoIndex
 
     built = VideoIndex.build(
         args.model, args.videos, args.out, args.fps, args.batch_size, args.workers, window=args.window,
-        device=args.device,
+        device=args.device, approximate=args.approximate, half=args.half, devices=args.devices,
+        num_nodes=args.num_nodes,
     )  # fmt: skip
+    if built.rank != 0:
+        return
     out = terminal_safe(args.out)
     videos = len({e.path for e in built.entries})
     print(

@@ -1,0 +1,163 @@
+"""Indexing on several GPUs or nodes through Lightning: ``Trainer.predict`` under DDP, each rank decoding and
+encoding its share of the videos into its own shards, rank 0 merging them into one published version.
+
+    xclip-lightning index --model M --videos V --out I --devices 4                 # 4 GPUs of one machine
+    xclip-lightning index --model M --videos V --out I --devices 8 --num-nodes 2   # torchrun / SLURM, shared disk
+
+Rank 0 takes the writer lock and plans the update (what is kept, what to encode) and broadcasts the plan; rank r
+encodes the videos ``todo[r::world]`` with the same encoder as one process (``search._Encoder``), writing immutable
+shards and thumbnails into the index folder and its progress into ``parts/<rank>.json``; after a barrier rank 0
+publishes the kept moments plus every part as one version (then compacts, updates the approximate first stage,
+removes the parts). Nothing is published before the merge: a killed multi-process build leaves the previous
+version, and its shards are removed by the next build. Every node must see the same index folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from xclip_lightning.data.frame_cache import SamplerSettings
+from xclip_lightning.index_store import IndexWriter, _fsync_write, writer_lock
+from xclip_lightning.model.xclip import XCLIP
+
+PARTS = "parts"
+
+
+class _PartWriter(IndexWriter):
+    """A rank's writer: shards and thumbnails as usual, but its 'version' is ``parts/<rank>.json``, which only
+    rank 0 merges (a rank never publishes the manifest or deletes files)."""
+
+    def __init__(self, folder: Path, header: dict[str, Any], rank: int) -> None:
+        super().__init__(folder, header, [], {})
+        self.part = folder / PARTS / f"{rank}.json"
+
+    def publish(self) -> None:
+        self.part.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.part.with_name(f".{self.part.name}.tmp")
+        _fsync_write(tmp, json.dumps({"entries": list(self.entries.values()), "shards": self.shards,
+                                      "failures": self.failures}).encode())  # fmt: skip
+        os.replace(tmp, self.part)
+
+
+class IndexingTask(L.LightningModule):
+    """The update of one index as a Lightning predict run (see the module docstring)."""
+
+    def __init__(self, model: XCLIP, videos: Path, out: Path, settings: SamplerSettings, window: float | None,
+                 dtype: str, model_dir: str | None, approximate: str, batch_size: int, workers: int,
+                 flush_every: int) -> None:  # fmt: skip
+        super().__init__()
+        self.model = model
+        self.videos, self.out, self.settings, self.window = videos, out, settings, window
+        self.feature_dtype, self.model_dir, self.approximate = dtype, model_dir, approximate
+        self.batch_size, self.workers, self.flush_every = batch_size, workers, flush_every
+        self.plan = None
+        self.result: tuple[dict[str, Any], dict[str, str]] | None = None  # rank 0's merged (entries, failures)
+
+    def setup(self, stage: str) -> None:
+        from xclip_lightning.search import _plan, model_fingerprint
+
+        self._lock = contextlib.ExitStack()
+        plan: Any = None
+        if self.global_rank == 0:
+            try:
+                self._lock.enter_context(writer_lock(self.out))
+                fingerprint = model_fingerprint(self.model)
+                settings, window, dtype = self.settings, self.window, self.feature_dtype
+                plan = _plan(self.out, self.videos, fingerprint, settings, window, dtype, self.model_dir)
+                (self.out / PARTS).mkdir(parents=True, exist_ok=True)
+                for stale in (self.out / PARTS).glob("*"):  # of a killed multi-process build
+                    stale.unlink()
+            except Exception as err:  # every rank stops with rank 0's reason (a busy index, another model ...)
+                self._lock.close()
+                plan = err
+        self.plan = self.trainer.strategy.broadcast(plan, src=0)
+        if isinstance(self.plan, Exception):
+            raise self.plan
+        self.todo = self.plan.todo[self.global_rank :: self.trainer.world_size]
+
+    def predict_dataloader(self):
+        from xclip_lightning.search import _loader
+
+        return _loader(self.todo, self.settings, self.window, self.workers, self.device.type == "cuda")
+
+    def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        return batch  # the encoder moves the frames of each batch of moments itself
+
+    def on_predict_start(self) -> None:
+        from xclip_lightning.search import _Encoder
+
+        self.writer = _PartWriter(self.out, self.plan.header, self.global_rank)
+        self.encoder = _Encoder(self.model, self.settings, self.writer, self.batch_size, self.flush_every)
+
+    def predict_step(self, item: dict, batch_idx: int) -> None:
+        self.encoder.add(self.todo[item["index"]], item)
+
+    def on_predict_end(self) -> None:
+        from xclip_lightning.search import _update_approximate
+
+        self.encoder.finish()
+        self.writer.flush()
+        self.trainer.strategy.barrier()
+        if self.global_rank == 0:
+            try:
+                writer = IndexWriter(self.out, self.plan.header, self.plan.kept, self.plan.shards)
+                writer.ann = self.plan.old_ann
+                parts = [
+                    json.loads((self.out / PARTS / f"{r}.json").read_text()) for r in range(self.trainer.world_size)
+                ]
+                for part in parts:  # in rank order: every rank's videos, each with all its moments
+                    writer.shards.update(part["shards"])
+                    writer.failures.update(part["failures"])
+                    writer.entries.update({e["id"]: e for e in part["entries"]})
+                writer.compact()
+                _update_approximate(writer, self.approximate)
+                for part in (self.out / PARTS).glob("*"):
+                    part.unlink()
+                self.result = (writer.entries, writer.failures)
+            finally:
+                self._lock.close()
+        self.result = self.trainer.strategy.broadcast(self.result, src=0)
+
+
+def build_distributed(
+    model: XCLIP,
+    videos: Path,
+    out: Path,
+    settings: SamplerSettings,
+    window: float | None,
+    dtype: str,
+    model_dir: str | None,
+    approximate: str,
+    device: str,
+    devices: int,
+    num_nodes: int,
+    batch_size: int,
+    workers: int,
+    flush_every: int,
+) -> tuple[Any, IndexWriter, int]:
+    """Run the update under DDP; returns (the plan, a writer holding the merged entries and failures, this rank)."""
+    accelerator = "cpu" if device == "cpu" else ("gpu" if device != "auto" else "auto")
+    task = IndexingTask(model.cpu(), videos, out, settings, window, dtype, model_dir, approximate, batch_size, workers,
+                        flush_every)  # fmt: skip
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy="ddp",
+        use_distributed_sampler=False,  # the videos are split by rank here, without the padding duplicates
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
+    trainer.predict(task, return_predictions=False)
+    entries, failures = task.result
+    writer = IndexWriter(out, task.plan.header, list(entries.values()), {})
+    writer.failures = failures
+    return task.plan, writer, trainer.global_rank
