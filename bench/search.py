@@ -276,8 +276,10 @@ def main(argv: list[str]) -> dict:
         "targets_met": {
             "two_stage<50ms@100k": big["videos"] >= 100_000 and big["two_stage_ms"] < 50,
             "top10_agreement>=99%": all(r["top10_identical"] >= 0.99 for r in rows if "first_stage" not in r),
-            "approximate<20ms&>=95%@1M": any(
-                r["videos"] >= 1_000_000 and r["two_stage_ms"] < 20 and r["top10_overlap"] >= 0.95 for r in rows
+            "approximate<20ms&>=95%@1M": (
+                any(r["two_stage_ms"] < 20 and r["top10_overlap"] >= 0.95 for r in rows if r["videos"] >= 1_000_000)
+                if any(r["videos"] >= 1_000_000 for r in rows)
+                else None  # not run: --videos 1000000
             ),
         },
     }

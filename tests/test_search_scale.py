@@ -79,6 +79,9 @@ def test_an_index_with_an_approximate_stage_is_updated_incrementally_and_ranks_l
     for got, want in zip(index.search(captions, k=5, candidates=8), exact, strict=True):
         same_hits(got, want)  # one IVF list at this size: the same candidates as the exact first stage
 
+    VideoIndex.build(model_dir, videos, out, workers=0, progress=False, window=2.0, approximate="on")
+    assert read_manifest(out)["ann"] == first  # nothing changed: the IVF files are kept, not rewritten
+
     (videos / "clip0.mp4").unlink()
     events = [Event("white", "cross", "grows"), Event("yellow", "square", "moves up")]
     write_video(videos / "new clip.mp4", render(events, [(30, 20), (20, 30)], SyntheticSettings()), 10)

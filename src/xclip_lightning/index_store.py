@@ -272,7 +272,7 @@ def _mapped_tensors(path: Path) -> dict[str, np.ndarray]:
         dtype = _NUMPY_DTYPES[info["dtype"]]
         count = (end - begin) // np.dtype(dtype).itemsize
         data = np.memmap(path, dtype=dtype, mode="r", offset=8 + length + begin, shape=(count,))
-        mapped[key] = data.reshape(info["shape"])
+        mapped[key] = data.view(np.ndarray).reshape(info["shape"])  # a plain view: indexing it skips memmap's wrapping
     return mapped
 
 
@@ -296,12 +296,16 @@ class MappedRows:
 
     def __getitem__(self, rows: Tensor) -> Tensor:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32 if self.key != "frame_mask" else np.uint8)
-        shards = self.shard[rows]
-        for s in np.unique(shards):
-            where = np.nonzero(shards == s)[0]
-            out[where] = self.arrays[s][self.row[rows[where]]]
+        shards, local = self.shard[rows], self.row[rows]
+        if len(self.arrays) == 1:
+            out = self.arrays[0][local]
+        else:
+            out = np.empty((len(rows), *self.shape[1:]), dtype=self.arrays[0].dtype)
+            for s in np.unique(shards):
+                where = np.nonzero(shards == s)[0]
+                out[where] = self.arrays[s][local[where]]
         tensor = torch.from_numpy(out)
+        tensor = tensor if self.key == "frame_mask" else tensor.float()
         return tensor.bool() if self.key == "frame_mask" else tensor
 
 

@@ -501,21 +501,22 @@ def _update_approximate(writer: IndexWriter, mode: str) -> None:
     it; drop it when the collection is under the threshold (``auto``) or it is turned off."""
     entries = list(writer.entries.values())
     wanted = mode == "on" or (mode == "auto" and len(entries) >= ann.ANN_MIN_ROWS)
-    if wanted and not ann.available():
-        if mode == "on":
-            raise VideoIndexError("--approximate on needs faiss: pip install faiss-cpu (the index was saved without)")
-        wanted = False
-    if not wanted or not entries:
+    if not wanted or not entries or not ann.available():
         writer.ann = None
         writer.publish()
+        if wanted and mode == "on":
+            raise VideoIndexError("--approximate on needs faiss: pip install faiss-cpu (the index was saved without)")
         return
     keys = np.array([ann.entry_key(e["id"]) for e in entries], dtype=np.int64)
     previous = writer.ann
     if previous and len(entries) <= ann.RETRAIN_GROWTH * previous["trained_on"]:
-        index = ann.read(str(writer.folder / ANN / previous["files"][0]))
         old_keys = np.load(writer.folder / ANN / previous["files"][1])
-        ann.remove(index, np.setdiff1d(old_keys, keys))
-        new = ~np.isin(keys, old_keys)
+        gone, new = np.setdiff1d(old_keys, keys), ~np.isin(keys, old_keys)
+        if not len(gone) and not new.any():  # nothing changed: keep the files as they are
+            writer.publish()
+            return
+        index = ann.read(str(writer.folder / ANN / previous["files"][0]))
+        ann.remove(index, gone)
         if new.any():
             fresh = [e for e, is_new in zip(entries, new, strict=True) if is_new]
             ann.add(index, load_features(writer.folder, fresh, ("video",))["video"], keys[new])
