@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import warnings
 from pathlib import Path
 
 import av
@@ -19,8 +20,9 @@ from test_search import CHROMIUM, chromium_flags
 from xclip_lightning.cli import main
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset, write_video
-from xclip_lightning.data.video import WindowSelector
+from xclip_lightning.data.video import WindowSelector, linspace_indices, sample_frames
 from xclip_lightning.lightning_module import XCLIPRetrieval
+from xclip_lightning.model.xclip import XCLIP
 from xclip_lightning.report import media_fragment, video_url
 from xclip_lightning.search import VideoIndex, item_id
 
@@ -169,3 +171,42 @@ def test_the_page_plays_each_moment_from_its_start_in_chromium(long_video, tmp_p
         assert player["error"] is None and player["ready"] >= 1, player  # the file loaded from disk
         assert player["src"].endswith(media_fragment(hit)) and player["src"].startswith("file://")
         assert player["time"] == pytest.approx(hit.start, abs=0.05), player  # the fragment set the start
+
+
+def test_real_videos_become_consecutive_moments_of_the_frames_the_sampler_gives(shared_dir, tiny_clip_dir, tmp_path):
+    """The hard files of ../shared (offset start, no duration, B-frames in AVI, a corrupt packet, no initial
+    keyframe) indexed in 2 s moments: each moment holds what the linspace rule keeps of the 1-fps frames that fall
+    in it, computed here independently from ``sample_frames`` over the whole file."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for path in (shared_dir / "videos").iterdir():
+        if path.suffix != ".md":
+            (videos / path.name).symlink_to(path)
+    torch.manual_seed(0)
+    XCLIP.from_clip(tiny_clip_dir, max_words=32, max_frames=3).save_pretrained(tmp_path / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the corrupt file's skipped packets
+        index = VideoIndex.build(tmp_path / "model", videos, tmp_path / "index", workers=1, progress=False, window=2.0)
+    by_video: dict[str, list] = {}
+    for entry in index.entries:
+        by_video.setdefault(entry.path, []).append(entry)
+    assert len(by_video) + len(index.failures) == len(list(videos.iterdir())) and len(by_video) >= 6
+    for path, moments in by_video.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            every = sample_frames(path, 1.0, max_frames=10**6).timestamps.tolist()  # every 1-fps frame
+        duration = every[-1] + 1.0
+        count = max(1, round(duration / 2.0))
+        edges = [duration * k / count for k in range(count + 1)]
+        expected = []
+        for k in range(count):
+            inside = [t for t in every if edges[k] <= t < edges[k + 1] or (k == count - 1 and t >= edges[k])]
+            if inside:
+                expected.append((edges[k], edges[k + 1], [inside[i] for i in linspace_indices(len(inside), 3)]))
+        moments.sort(key=lambda e: e.window)
+        assert [e.window for e in moments] == list(range(len(moments))) == list(range(moments[0].moments))
+        got = [(e.start, e.end, e.timestamps) for e in moments]
+        assert len(got) == len(expected), path
+        for (start, end, times), (want_start, want_end, want_times) in zip(got, expected, strict=True):
+            assert start == pytest.approx(want_start, abs=1e-3) and end == pytest.approx(want_end, abs=1e-3)
+            assert times == pytest.approx(want_times, abs=1e-9), path

@@ -18,7 +18,7 @@ from xclip_lightning import ann
 from xclip_lightning.data.synthetic import Event, SyntheticSettings, render, write_video
 from xclip_lightning.index_store import load_features, mapped_features, read_manifest
 from xclip_lightning.ranking import CoarseSearch
-from xclip_lightning.search import VideoIndex
+from xclip_lightning.search import VideoIndex, VideoIndexError, resolve_device
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 
@@ -130,3 +130,11 @@ def test_memory_mapped_rows_and_fp16_storage(setup, tmp_path):  # noqa: F811
         assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=0.05)
     with pytest.raises(ValueError, match="stores float16 features, not float32"):
         VideoIndex.build(model_dir, videos, tmp_path / "fp16", workers=0, progress=False, window=2.0)
+
+
+def test_the_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(VideoIndexError, match="no CUDA GPU is visible here"):
+            resolve_device("cuda")
