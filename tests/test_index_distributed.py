@@ -4,9 +4,12 @@ gives: the same moments, rows, thumbnails and failures, published once by rank 0
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,49 @@ def test_a_busy_index_stops_every_rank_with_rank_zeros_reason(setup, tmp_path): 
         run = subprocess.run(command, capture_output=True, text=True, timeout=300)  # no rank left waiting
     assert run.returncode != 0 and "is being updated by another `xclip-lightning index`" in run.stderr
     assert not (out / "manifest.json").exists()
+
+
+SLOW_DISTRIBUTED_INDEX = """
+import sys, time
+from xclip_lightning import search
+
+real = search.sample_frames
+def slow(*args, **kwargs):  # 1 s a video: the build is killed half-way
+    time.sleep(1.0)
+    return real(*args, **kwargs)
+search.sample_frames = slow
+search.VideoIndex.build(sys.argv[1], sys.argv[2], sys.argv[3], workers=0, progress=False, flush_every=1, batch_size=1,
+                        window=float(sys.argv[4]), device="cpu", devices=2)
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_multi_process_build_resumes_from_what_its_ranks_finished(setup, tmp_path):  # noqa: F811
+    model, source, _ = setup
+    videos = tmp_path / "videos"
+    shutil.copytree(source, videos)
+    out = tmp_path / "index"
+    script = tmp_path / "slow_index.py"  # a file: Lightning launches rank 1 by running it again
+    script.write_text(SLOW_DISTRIBUTED_INDEX)
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(model), str(videos), str(out), str(WINDOW)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 240
+    parts = out / "parts"
+    while time.monotonic() < deadline and process.poll() is None:  # until each rank has finished a video
+        finished = [json.loads(p.read_text())["entries"] for p in parts.glob("*.json")] if parts.is_dir() else []
+        if len(finished) == 2 and all(finished):
+            break
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)  # both ranks, at once
+    process.wait()
+    assert not (out / "manifest.json").exists()  # nothing was published
+    done = {e["path"] for p in parts.glob("*.json") for e in json.loads(p.read_text())["entries"]}
+    assert 2 <= len(done) < 6
+
+    printed = index_with_two_processes(model, videos, out)
+    assert f"({6 - len(done)} new, changed or repaired videos encoded now)" in printed  # the rest only
+    single = VideoIndex.build(model, videos, tmp_path / "one", workers=0, progress=False, window=WINDOW)
+    assert_same_index(VideoIndex.load(out), single)
+    assert not list(parts.iterdir())

@@ -9,7 +9,8 @@ encodes the videos ``todo[r::world]`` with the same encoder as one process (``se
 shards and thumbnails into the index folder and its progress into ``parts/<rank>.json``; after a barrier rank 0
 publishes the kept moments plus every part as one version (then compacts, updates the approximate first stage,
 removes the parts). Nothing is published before the merge: a killed multi-process build leaves the previous
-version, and its shards are removed by the next build. Every node must see the same index folder.
+version, and the next multi-process build resumes from the parts (what agrees with its shards and whose video is
+unchanged is kept, the rest encoded). Every node must see the same index folder.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import lightning as L
 
 from xclip_lightning.data.frame_cache import SamplerSettings
-from xclip_lightning.index_store import IndexWriter, _fsync_write, writer_lock
+from xclip_lightning.index_store import IndexWriter, _fsync_write, check, writer_lock
 from xclip_lightning.model.xclip import XCLIP
 
 PARTS = "parts"
@@ -43,6 +44,34 @@ class _PartWriter(IndexWriter):
         _fsync_write(tmp, json.dumps({"entries": list(self.entries.values()), "shards": self.shards,
                                       "failures": self.failures}).encode())  # fmt: skip
         os.replace(tmp, self.part)
+
+
+def _resume(folder: Path, plan: Any) -> Any:
+    """Take into ``plan`` what the ranks of a killed multi-process build had finished (their part files), where
+    it still agrees with its shards and its video is unchanged and complete; then remove the part files (their
+    shards are now the plan's)."""
+    from xclip_lightning.search import _unchanged
+
+    parts = sorted((folder / PARTS).glob("*.json")) if (folder / PARTS).is_dir() else []
+    finished: list[dict[str, Any]] = []
+    shards: dict[str, Any] = {}
+    for part in parts:
+        try:
+            record = json.loads(part.read_text())
+            good, _ = check(folder, {"shards": record["shards"], "entries": record["entries"]})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: its videos are encoded again
+        finished.extend(good)
+        shards.update({e["shard"]: record["shards"][e["shard"]] for e in good})
+    if finished:
+        resumed, todo = _unchanged(finished, plan.todo)
+        plan.kept.extend(resumed)
+        plan.shards.update({e["shard"]: shards[e["shard"]] for e in resumed})
+        plan.todo = todo
+    (folder / PARTS).mkdir(parents=True, exist_ok=True)
+    for stale in (folder / PARTS).glob("*"):
+        stale.unlink()
+    return plan
 
 
 class IndexingTask(L.LightningModule):
@@ -69,10 +98,9 @@ class IndexingTask(L.LightningModule):
                 self._lock.enter_context(writer_lock(self.out))
                 fingerprint = model_fingerprint(self.model)
                 settings, window, dtype = self.settings, self.window, self.feature_dtype
-                plan = _plan(self.out, self.videos, fingerprint, settings, window, dtype, self.model_dir)
-                (self.out / PARTS).mkdir(parents=True, exist_ok=True)
-                for stale in (self.out / PARTS).glob("*"):  # of a killed multi-process build
-                    stale.unlink()
+                plan = _resume(
+                    self.out, _plan(self.out, self.videos, fingerprint, settings, window, dtype, self.model_dir)
+                )
             except Exception as err:  # every rank stops with rank 0's reason (a busy index, another model ...)
                 self._lock.close()
                 plan = err

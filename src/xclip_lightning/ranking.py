@@ -1,5 +1,6 @@
 """Two-stage ranking of indexed videos for one text query: a coarse video-sentence score over every video (a torch
-matrix product, or an exact FAISS inner-product index), then the full multi-grained X-CLIP score on the candidates.
+matrix product, or the approximate FAISS IVF index of ``ann.py``), then the full multi-grained X-CLIP score on the
+candidates.
 ``rank_videos`` is right for every ``k`` and ``candidates`` (tests/test_search_ranking.py checks it against
 exhaustive scoring)."""
 
@@ -25,19 +26,18 @@ def coarse_query(head: XCLIPHead, text: TextFeatures) -> Tensor:
 
 
 class CoarseSearch:
-    """Top K videos by the coarse video-sentence score: a torch matrix product, or an exact FAISS inner-product
-    index (``IndexFlatIP``) when faiss is installed and ``backend`` allows it. Both return the same rows."""
+    """Top K videos by the coarse video-sentence score: a torch matrix product ("auto", "torch"), or an exact FAISS
+    inner-product index (``IndexFlatIP``, "faiss"). Both return the same rows; the matrix product is the faster here
+    (bench/search.py: 12.6 vs 22.9 ms a query at 100,000 videos), so "auto" takes it."""
 
     def __init__(self, video: Tensor, backend: CoarseBackend = "auto") -> None:
         self.video = video
         self.index = None
-        if backend != "torch":
+        if backend == "faiss":
             try:
                 import faiss
             except ImportError:
-                if backend == "faiss":
-                    raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu") from None
-                return
+                raise ImportError("backend='faiss' needs faiss: pip install faiss-cpu") from None
             self.index = faiss.IndexFlatIP(video.shape[1])
             self.index.add(video.detach().float().cpu().contiguous().numpy())
 

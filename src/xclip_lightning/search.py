@@ -10,8 +10,8 @@ atomic rename. Building streams features to disk a shard at a time (memory stays
 publishes every ``flush_every`` videos or ``FLUSH_SECONDS`` (a killed build keeps what it finished and resumes),
 holds a lock (a second writer stops with a message), and repairs what no longer agrees with the manifest.
 
-Ranking: the coarse video-sentence score (one matrix product over every video, or an exact FAISS inner-product
-index when faiss is installed) picks ``candidates`` videos per query, which are then re-scored with the full
+Ranking: the coarse video-sentence score (one matrix product over every video, or the approximate FAISS IVF index
+of a large collection, ``ann.py``) picks ``candidates`` videos per query, which are then re-scored with the full
 multi-grained X-CLIP score (``bench/search.py`` measures how often the top 10 agree with exhaustive scoring).
 ``candidates=None`` scores every video exhaustively.
 """
@@ -410,7 +410,7 @@ class VideoIndex:
 
     def _rank(self, text: TextFeatures, k: int, candidates: int | None, per_video: int | None) -> list[SearchHit]:
         head, scale = self.model.head, self.model.logit_scale()
-        if self._coarse is None:  # built on the first search (a FAISS index when faiss is installed)
+        if self._coarse is None:  # the exact first stage, built on the first search (load sets the IVF one)
             self._coarse = CoarseSearch(self.features.video, self.coarse_backend)
         # grouping by video needs the whole re-scored list: every candidate is scored fully anyway
         wanted = k if per_video is None else max(k, candidates or len(self.entries))
