@@ -2,18 +2,21 @@
 
     index = VideoIndex.build(XCLIP.from_pretrained("runs/export"), "my_videos/", "my_index/")
     index = VideoIndex.load("my_index/")                      # the model comes back from the index's manifest
-    hits = index.search(["a dog catches a frisbee"], k=10)    # [[SearchHit(path, score, best_frame, ...), ...]]
+    hits = index.search(["a dog catches a frisbee"], k=10)    # [[SearchHit(path, start, end, score, ...), ...]]
 
-The index folder (``index_store.py``) holds immutable feature shards (the model's normalised ``VideoFeatures``),
-one JPEG strip of the sampled frames per video, and ``manifest.json``, which publishes a complete version in one
+What is indexed is moments: a long video is split into ``round(D / window)`` equal windows (``WindowSelector``,
+default 30 s), each sampled like a training clip; a short clip is one moment. The index folder
+(``index_store.py``) holds immutable feature shards (the model's normalised ``VideoFeatures``, one row per moment),
+one JPEG strip of the sampled frames per moment, and ``manifest.json``, which publishes a complete version in one
 atomic rename. Building streams features to disk a shard at a time (memory stays flat in the collection size),
-publishes every ``flush_every`` videos or ``FLUSH_SECONDS`` (a killed build keeps what it finished and resumes),
-holds a lock (a second writer stops with a message), and repairs what no longer agrees with the manifest.
+publishes every ``flush_every`` moments or ``FLUSH_SECONDS`` (a video's moments together; a killed build keeps
+what it finished and resumes), holds a lock (a second writer stops with a message), and repairs what no longer
+agrees with the manifest. ``devices > 1`` runs the build on several processes (``distributed_index.py``).
 
-Ranking: the coarse video-sentence score (one matrix product over every video, or the approximate FAISS IVF index
-of a large collection, ``ann.py``) picks ``candidates`` videos per query, which are then re-scored with the full
-multi-grained X-CLIP score (``bench/search.py`` measures how often the top 10 agree with exhaustive scoring).
-``candidates=None`` scores every video exhaustively.
+Ranking: the coarse video-sentence score (one matrix product over every moment, or the approximate FAISS IVF
+index of a large collection, ``ann.py``) picks ``candidates`` moments per query, which are then re-scored with the
+full multi-grained X-CLIP score (``bench/search.py`` measures how often the top 10 agree with exhaustive scoring).
+``candidates=None`` scores every moment exhaustively.
 """
 
 from __future__ import annotations
