@@ -265,6 +265,22 @@ def test_planned_path_is_exact_on_real_files(videos, name, fps, max_frames, mode
     assert_same(video._planned(*args), video._sequential(*args))
 
 
+@pytest.mark.parametrize(
+    "name", ["msrvtt_video9770.mp4", "torchcodec_nasa_13013.mp4", "moviepy_fire2.mp4", "moviepy_no_duration.webm"]
+)
+def test_a_file_too_long_to_keep_its_packets_is_demuxed_twice_with_the_same_frames(videos, name, monkeypatch):
+    """Hours of footage are gigabytes of packets: past PACKET_BUDGET the fast path keeps only their pts and demuxes
+    the file a second time (bench/decode_memory.py: +634 MB -> +91 MB for a 563 MB file)."""
+    kept = video._planned(videos / name, 1.0, 12, "timestamp", None)
+    monkeypatch.setattr(video, "PACKET_BUDGET", 0)
+    twice = video._planned(videos / name, 1.0, 12, "timestamp", None)
+    assert_same(twice, video._sequential(videos / name, 1.0, 12, "timestamp", None))
+    assert_same(twice, kept)
+    windows = WindowSelector(2.0, 2.0, 3)
+    assert_same(video._planned(videos / name, 2.0, windows, "timestamp", None), video._sequential(
+        videos / name, 2.0, WindowSelector(2.0, 2.0, 3), "timestamp", None))  # fmt: skip
+
+
 @pytest.mark.parametrize("name", ["msrvtt_video9770.mp4", "torchcodec_nasa_13013.mp4", "moviepy_no_duration.webm"])
 def test_windows_of_moments_are_exact_on_both_paths(videos, name):
     """Moments (``index --window``): both paths keep the same frames, and every window's frames lie inside it."""
@@ -299,9 +315,11 @@ def test_untrustworthy_plans_fall_back_to_decoding_everything(videos, name, why)
 def test_planned_path_is_exact_with_b_frames_and_long_gops(tmp_path, gop):
     options = {"g": gop, "bf": "3", "sc_threshold": "0", "threads": "1"}
     path = write_video(tmp_path / f"gop{gop}.mp4", regular(40, fps=30), options=options)
-    for mode in ("timestamp", "official"):
+    for mode, budget in (("timestamp", video.PACKET_BUDGET), ("official", video.PACKET_BUDGET), ("timestamp", 0)):
         args = (path, 1.0, 12, mode, None)
-        assert_same(video._planned(*args), video._sequential(*args))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(video, "PACKET_BUDGET", budget)  # 0: demuxed twice
+            assert_same(video._planned(*args), video._sequential(*args))
     assert_same(video._planned(path, 3.0, 200, "timestamp", 7.5), video._sequential(path, 3.0, 200, "timestamp", 7.5))
 
 

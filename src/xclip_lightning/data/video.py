@@ -38,6 +38,7 @@ FrameTransform = Callable[[Tensor], Tensor]  # uint8 [3,H,W] -> uint8 [3,S,S], a
 FrameSelector = Callable[[list[Fraction]], list[int]]  # seconds of every picked frame -> the ones to keep (sorted)
 NO_PTS_FORMATS = {"avi"}  # pts derived from decode order (MPEG-4 packed B-frames): frames don't map 1:1 to packets
 REORDER_WINDOW = 64  # frames held to restore presentation order (AVI / B-frame decode order is only locally off)
+PACKET_BUDGET = 64 << 20  # bytes of packets the fast path keeps between its passes; a larger file is demuxed twice
 
 
 class VideoDecodeError(RuntimeError):
@@ -295,46 +296,60 @@ def _demux_plan(
     stream: av.video.stream.VideoStream,
     picker: _Picker,
     select: FrameSelector | int,
-) -> tuple[list[av.Packet], set[int], list[bool]] | None:
-    """Step 1 of the fast path: every packet (demuxed once), the decode indices of the target frames, and which
-    packets must be decoded: from the last keyframe before each target (in decode order) that precedes it in time.
-    None when the packets cannot carry a plan (no pts, no keyframe first, a target without such a keyframe)."""
-    packets = []
+) -> tuple[list[int], set[int], list[bool], list[av.Packet] | None] | None:
+    """Step 1 of the fast path: the pts of every packet (demuxed once), the decode indices of the target frames,
+    which packets must be decoded (from the last keyframe before each target, in decode order, that precedes it in
+    time), and the packets themselves while they fit in ``PACKET_BUDGET`` (else None: an hour of footage is
+    gigabytes of packets, so step 2 demuxes the file again). None when the packets cannot carry a plan (no pts,
+    no keyframe first, a target without such a keyframe)."""
+    pts: list[int] = []
+    keyframes: list[int] = []
+    kept: list[av.Packet] | None = []
+    held = 0
     for packet in container.demux(stream):
         if packet.size == 0:
             continue
-        if packet.pts is None or (not packets and not packet.is_keyframe):
+        if packet.pts is None or (not pts and not packet.is_keyframe):
             return None
-        packets.append(packet)
-    if not packets:
+        if packet.is_keyframe:
+            keyframes.append(len(pts))
+        pts.append(packet.pts)
+        if kept is not None:
+            held += packet.size
+            kept.append(packet)
+            if held > PACKET_BUDGET:
+                kept = None
+    if not pts:
         return None
-    pts = [p.pts for p in packets]
-    order = sorted(range(len(packets)), key=pts.__getitem__)  # decode index by presentation order
+    order = sorted(range(len(pts)), key=pts.__getitem__)  # decode index by presentation order
     picked = [i for i in order if picker.accept(pts[i]) and not picker.done]
     targets = {picked[n] for n in _selector(select)([picker.seconds(pts[i]) for i in picked])}
-    needed = [False] * len(packets)
-    keyframes = [i for i, p in enumerate(packets) if p.is_keyframe]
+    needed = [False] * len(pts)
     for target in targets:
         starts = [k for k in keyframes if k <= target and pts[k] <= pts[target]]
         if not starts:  # e.g. an open-GOP cut: leading frames that reference a GOP the file does not have
             return None
         needed[starts[-1] : target + 1] = [True] * (target + 1 - starts[-1])
-    return packets, targets, needed
+    return pts, targets, needed, kept
 
 
 def _decode_segments(
     context: av.CodecContext,
-    packets: list[av.Packet],
+    packets: Iterator[av.Packet],
+    pts: list[int],
     targets: set[int],
     needed: list[bool],
     transform: FrameTransform | None,
 ) -> dict[int, Tensor]:
-    """Step 2 of the fast path: decode only the needed packets (non-reference frames skipped away from targets),
-    draining and resetting the decoder between segments; each target converted as it comes out, by pts.
-    Raises ``_UntrustedPlan`` if frames come out of presentation order (their pts cannot be trusted)."""
-    wanted_pts = {packets[i].pts for i in targets}
+    """Step 2 of the fast path, on the packets of step 1 or of a second demux (the same packets in the same order,
+    checked by pts): decode only the needed packets (non-reference frames skipped away from targets), draining and
+    resetting the decoder between segments; each target converted as it comes out, by pts; stop after the last
+    needed packet. Raises ``_UntrustedPlan`` if frames come out of presentation order (their pts cannot be
+    trusted) or the second demux differs from the first."""
+    wanted_pts = {pts[i] for i in targets}
     got: dict[int, Tensor] = {}  # converted as they come out: never 64 full-size decoded frames held
     last_out = -math.inf
+    last_needed = max((i for i, n in enumerate(needed) if n), default=-1)
 
     def collect(frames: list[av.VideoFrame]) -> None:
         nonlocal last_out
@@ -346,6 +361,10 @@ def _decode_segments(
                 got[frame.pts] = _to_tensor(frame, transform)
 
     for i, packet in enumerate(packets):
+        if i > last_needed:
+            break
+        if packet.pts != pts[i]:
+            raise _UntrustedPlan
         if not needed[i]:
             if i > 0 and needed[i - 1]:  # end of a segment: drain the decoder, then reset it
                 collect(context.decode(None))
@@ -369,13 +388,16 @@ def _planned(
     end_time: float | None,
     transform: FrameTransform | None = None,
 ) -> list[tuple[Fraction, Tensor]] | None:
-    """The fast exact path: demux once, pick the target frames from the packets' pts, decode only the GOP
-    segments that lead to a target (non-reference frames away from targets skipped), convert only the targets.
+    """The fast exact path: demux once and pick the target frames from the packets' pts, then decode only the GOP
+    segments that lead to a target (non-reference frames away from targets skipped), converting only the targets.
+    The packets are kept between the two steps up to ``PACKET_BUDGET``; a longer file is demuxed a second time, so
+    memory stays that of the frames kept whatever the file's length.
 
     Returns None when the plan cannot be trusted (a packet without pts, a stream that does not start on a keyframe,
     a decoder error, a target that did not come out): the caller then decodes everything in order.
     """
     container = _open(path)
+    again = None
     try:
         if container.format.name in NO_PTS_FORMATS:
             return None
@@ -384,8 +406,12 @@ def _planned(
         plan = _demux_plan(container, stream, picker, select)
         if plan is None:
             return None
-        packets, targets, needed = plan
-        got = _decode_segments(stream.codec_context, packets, targets, needed, transform)
+        pts, targets, needed, packets = plan
+        if packets is None:  # too many to keep: demux a second time instead
+            again = _open(path)
+            stream = _video_stream(again, path)
+            packets = (p for p in again.demux(stream) if p.size != 0)
+        got = _decode_segments(stream.codec_context, iter(packets), pts, targets, needed, transform)
         if len(got) != len(targets):
             return None
         return [(picker.seconds(t), got[t]) for t in sorted(got)]
@@ -393,6 +419,8 @@ def _planned(
         return None  # a corrupt packet or unreliable pts: the sequential path decodes around it and reports it
     finally:
         container.close()
+        if again is not None:
+            again.close()
 
 
 def sample_frames(
