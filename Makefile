@@ -46,6 +46,7 @@ bench: $(BENCH_STAMP) ## Run the benchmarks (each prints a table and one JSON li
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/index_load.py
 	$(BIN)/python bench/index_memory.py
 	$(BIN)/python bench/decode_memory.py
 	$(BIN)/python bench/train_step.py
