@@ -41,8 +41,12 @@ class _PartWriter(IndexWriter):
     def publish(self) -> None:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.part.with_name(f".{self.part.name}.tmp")
-        _fsync_write(tmp, json.dumps({"entries": list(self.entries.values()), "shards": self.shards,
-                                      "failures": self.failures}).encode())  # fmt: skip
+        _fsync_write(
+            tmp,
+            json.dumps(
+                {"entries": list(self.entries.values()), "shards": self.shards, "failures": self.failures}
+            ).encode(),
+        )
         os.replace(tmp, self.part)
 
 
@@ -77,9 +81,20 @@ def _resume(folder: Path, plan: Any) -> Any:
 class IndexingTask(L.LightningModule):
     """The update of one index as a Lightning predict run (see the module docstring)."""
 
-    def __init__(self, model: XCLIP, videos: Path, out: Path, settings: SamplerSettings, window: float | None,
-                 dtype: str, model_dir: str | None, approximate: str, batch_size: int, workers: int,
-                 flush_every: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: XCLIP,
+        videos: Path,
+        out: Path,
+        settings: SamplerSettings,
+        window: float | None,
+        dtype: str,
+        model_dir: str | None,
+        approximate: str,
+        batch_size: int,
+        workers: int,
+        flush_every: int,
+    ) -> None:
         super().__init__()
         self.model = model
         self.videos, self.out, self.settings, self.window = videos, out, settings, window
@@ -171,8 +186,9 @@ def build_distributed(
 ) -> tuple[Any, IndexWriter, int]:
     """Run the update under DDP; returns (the plan, a writer holding the merged entries and failures, this rank)."""
     accelerator = "cpu" if device == "cpu" else ("gpu" if device != "auto" else "auto")
-    task = IndexingTask(model.cpu(), videos, out, settings, window, dtype, model_dir, approximate, batch_size, workers,
-                        flush_every)  # fmt: skip
+    task = IndexingTask(
+        model.cpu(), videos, out, settings, window, dtype, model_dir, approximate, batch_size, workers, flush_every
+    )
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
