@@ -31,6 +31,11 @@ def entry_key(entry_id: str) -> int:
     return int(entry_id, 16) & ((1 << 63) - 1)
 
 
+def entry_keys(entries: list[dict[str, Any]]) -> np.ndarray:
+    """The FAISS ids of index entries, in their order."""
+    return np.array([entry_key(e["id"]) for e in entries], dtype=np.int64)
+
+
 def _faiss():
     try:
         import faiss

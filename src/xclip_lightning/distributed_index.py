@@ -23,7 +23,6 @@ from typing import Any
 
 import lightning as L
 
-from xclip_lightning.data.frame_cache import SamplerSettings
 from xclip_lightning.index_store import IndexWriter, _fsync_write, check, writer_lock
 from xclip_lightning.model.xclip import XCLIP
 
@@ -81,41 +80,19 @@ def _resume(folder: Path, plan: Any) -> Any:
 class IndexingTask(L.LightningModule):
     """The update of one index as a Lightning predict run (see the module docstring)."""
 
-    def __init__(
-        self,
-        model: XCLIP,
-        videos: Path,
-        out: Path,
-        settings: SamplerSettings,
-        window: float | None,
-        dtype: str,
-        model_dir: str | None,
-        approximate: str,
-        batch_size: int,
-        workers: int,
-        flush_every: int,
-    ) -> None:
+    def __init__(self, model: XCLIP, update: Any) -> None:
         super().__init__()
-        self.model = model
-        self.videos, self.out, self.settings, self.window = videos, out, settings, window
-        self.feature_dtype, self.model_dir, self.approximate = dtype, model_dir, approximate
-        self.batch_size, self.workers, self.flush_every = batch_size, workers, flush_every
+        self.model, self.update, self.out = model, update, update.out  # update: search._Update
         self.plan = None
         self.result: tuple[dict[str, Any], dict[str, str]] | None = None  # rank 0's merged (entries, failures)
 
     def setup(self, stage: str) -> None:
-        from xclip_lightning.search import _plan, model_fingerprint
-
         self._lock = contextlib.ExitStack()
         plan: Any = None
         if self.global_rank == 0:
             try:
                 self._lock.enter_context(writer_lock(self.out))
-                fingerprint = model_fingerprint(self.model)
-                settings, window, dtype = self.settings, self.window, self.feature_dtype
-                plan = _resume(
-                    self.out, _plan(self.out, self.videos, fingerprint, settings, window, dtype, self.model_dir)
-                )
+                plan = _resume(self.out, self.update.plan())
             except Exception as err:  # every rank stops with rank 0's reason (a busy index, another model ...)
                 self._lock.close()
                 plan = err
@@ -127,7 +104,7 @@ class IndexingTask(L.LightningModule):
     def predict_dataloader(self):
         from xclip_lightning.search import _loader
 
-        return _loader(self.todo, self.settings, self.window, self.workers, self.device.type == "cuda")
+        return _loader(self.todo, self.update, self.device.type == "cuda")
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         return batch  # the encoder moves the frames of each batch of moments itself
@@ -136,21 +113,18 @@ class IndexingTask(L.LightningModule):
         from xclip_lightning.search import _Encoder
 
         self.writer = _PartWriter(self.out, self.plan.header, self.global_rank)
-        self.encoder = _Encoder(self.model, self.settings, self.writer, self.batch_size, self.flush_every)
+        self.encoder = _Encoder(self.model, self.update, self.writer)
 
     def predict_step(self, item: dict, batch_idx: int) -> None:
         self.encoder.add(self.todo[item["index"]], item)
 
     def on_predict_end(self) -> None:
-        from xclip_lightning.search import _update_approximate
-
         self.encoder.finish()
         self.writer.flush()
         self.trainer.strategy.barrier()
         if self.global_rank == 0:
             try:
-                writer = IndexWriter(self.out, self.plan.header, self.plan.kept, self.plan.shards)
-                writer.ann = self.plan.old_ann
+                writer = self.plan.writer(self.out)
                 parts = [
                     json.loads((self.out / PARTS / f"{r}.json").read_text()) for r in range(self.trainer.world_size)
                 ]
@@ -158,8 +132,7 @@ class IndexingTask(L.LightningModule):
                     writer.shards.update(part["shards"])
                     writer.failures.update(part["failures"])
                     writer.entries.update({e["id"]: e for e in part["entries"]})
-                writer.compact()
-                _update_approximate(writer, self.approximate)
+                self.update.finish(writer)
                 for part in (self.out / PARTS).glob("*"):
                     part.unlink()
                 self.result = (writer.entries, writer.failures)
@@ -169,26 +142,12 @@ class IndexingTask(L.LightningModule):
 
 
 def build_distributed(
-    model: XCLIP,
-    videos: Path,
-    out: Path,
-    settings: SamplerSettings,
-    window: float | None,
-    dtype: str,
-    model_dir: str | None,
-    approximate: str,
-    device: str,
-    devices: int,
-    num_nodes: int,
-    batch_size: int,
-    workers: int,
-    flush_every: int,
-) -> tuple[Any, IndexWriter, int]:
-    """Run the update under DDP; returns (the plan, a writer holding the merged entries and failures, this rank)."""
+    model: XCLIP, update: Any, device: str, devices: int, num_nodes: int
+) -> tuple[Any, dict[str, dict[str, Any]], dict[str, str], int]:
+    """Run ``update`` (``search._Update``) under DDP; returns (the plan, the merged entries by id, the failures,
+    this process's rank)."""
     accelerator = "cpu" if device == "cpu" else ("gpu" if device != "auto" else "auto")
-    task = IndexingTask(
-        model.cpu(), videos, out, settings, window, dtype, model_dir, approximate, batch_size, workers, flush_every
-    )
+    task = IndexingTask(model.cpu(), update)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -202,6 +161,4 @@ def build_distributed(
     )
     trainer.predict(task, return_predictions=False)
     entries, failures = task.result
-    writer = IndexWriter(out, task.plan.header, list(entries.values()), {})
-    writer.failures = failures
-    return task.plan, writer, trainer.global_rank
+    return task.plan, entries, failures, trainer.global_rank

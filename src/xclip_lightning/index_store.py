@@ -305,8 +305,7 @@ class MappedRows:
                 where = np.nonzero(shards == s)[0]
                 out[where] = self.arrays[s][local[where]]
         tensor = torch.from_numpy(out)
-        tensor = tensor if self.key == "frame_mask" else tensor.float()
-        return tensor.bool() if self.key == "frame_mask" else tensor
+        return tensor.bool() if self.key == "frame_mask" else tensor.float()
 
 
 def mapped_features(folder: Path, entries: list[dict[str, Any]]) -> dict[str, MappedRows]:

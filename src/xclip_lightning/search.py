@@ -185,18 +185,15 @@ class _Decode(Dataset):
         except Exception as err:  # reported by path with its reason; the run goes on
             return {"index": i, "error": f"{type(err).__name__}: {err}"}
         thumbs = resize(sampled.frames, [THUMB_HEIGHT, THUMB_HEIGHT], antialias=True)  # [T,3,h,h]
-        jpegs, first = [], 0
-        for w in windows.windows:
-            strip = torch.cat(list(thumbs[first : first + w.count]), dim=2)  # [3,h,count*h]
-            jpegs.append(encode_jpeg(strip, quality=85))
-            first += w.count
+        counts = [w.count for w in windows.windows]
+        strips = [torch.cat(list(moment), dim=2) for moment in thumbs.split(counts)]  # [3,h,count*h] each
         return {
             "index": i,
             "frames": sampled.frames,
             "timestamps": sampled.timestamps,
             "windows": windows.windows,
             "duration": _duration(path),
-            "jpegs": jpegs,
+            "jpegs": [encode_jpeg(strip, quality=85) for strip in strips],
         }
 
 
@@ -310,31 +307,27 @@ class VideoIndex:
         model.to(resolve_device(device))
         settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
         out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
-        fingerprint = model_fingerprint(model)
-        dtype = "float16" if half else "float32"
+        update = _Update(
+            out, videos, model_fingerprint(model), settings, window, "float16" if half else "float32", model_dir,
+            approximate, batch_size, workers, flush_every,
+        )  # fmt: skip
         if devices > 1 or num_nodes > 1:
             from xclip_lightning.distributed_index import build_distributed
 
-            plan, writer, rank = build_distributed(
-                model, videos, out, settings, window, dtype, model_dir, approximate, device, devices, num_nodes,
-                batch_size, workers, flush_every,
-            )  # fmt: skip
+            plan, entries, failures, rank = build_distributed(model, update, device, devices, num_nodes)
         else:
             rank = 0
             with writer_lock(out):
-                plan = _plan(out, videos, fingerprint, settings, window, dtype, model_dir)
-                writer = IndexWriter(out, plan.header, plan.kept, plan.shards)
-                writer.ann = plan.old_ann
-                _encode(model, plan.todo, settings, window, writer, batch_size, workers, progress, flush_every)
-                writer.compact()
-                _update_approximate(writer, approximate)
-        model_dir = plan.header["model_dir"]
-        todo, problems, unreadable = plan.todo, plan.problems, plan.unreadable
+                plan = update.plan()
+                writer = plan.writer(out)
+                _encode(model, plan.todo, update, writer, progress)
+                update.finish(writer)
+            entries, failures = writer.entries, writer.failures
         model.cpu()  # searching encodes one query at a time: the CPU does it
-        entries = [IndexEntry(**e) for e in writer.entries.values()]
-        index = cls(model, settings, entries, writer.failures, out, model_dir)
-        index.encoded, index.repaired, index.unreadable = len(todo) - len(writer.failures), problems, unreadable
-        index.window, index.rank = window, rank
+        moments = [IndexEntry(**e) for e in entries.values()]
+        index = cls(model, settings, moments, failures, out, plan.header["model_dir"])
+        index.encoded, index.repaired = len(plan.todo) - len(failures), plan.problems
+        index.unreadable, index.window, index.rank = plan.unreadable, window, rank
         return index
 
     # ---- loading -----------------------------------------------------------------------------------------------
@@ -446,29 +439,51 @@ class _Plan:
     unreadable: list[str]  # subfolders that could not be listed
     old_ann: dict[str, Any] | None
 
+    def writer(self, folder: Path) -> IndexWriter:
+        """The writer of the new version: the kept moments, their shards and the approximate stage to update."""
+        writer = IndexWriter(folder, self.header, self.kept, self.shards)
+        writer.ann = self.old_ann
+        return writer
 
-def _plan(
-    out: Path,
-    videos: Path,
-    fingerprint: str,
-    settings: SamplerSettings,
-    window: float | None,
-    dtype: str,
-    model_dir: str | None,
-) -> _Plan:
-    previous, shards, problems, old_model_dir, old_ann = _previous_version(out, fingerprint, settings, window, dtype)
-    header = {
-        "format_version": INDEX_VERSION,
-        "model_fingerprint": fingerprint,
-        "model_dir": model_dir or old_model_dir,
-        "videos": str(videos),
-        "sampler": asdict(settings),
-        "window": window,
-        "feature_dtype": dtype,
-    }
-    paths, unreadable = list_videos(videos)
-    kept, todo = _unchanged(previous, paths)
-    return _Plan(header, kept, shards, todo, problems, unreadable, old_ann)
+
+@dataclass(frozen=True)
+class _Update:
+    """The settings of one update of an index, the same in every process of a multi-process build."""
+
+    out: Path
+    videos: Path
+    fingerprint: str
+    settings: SamplerSettings
+    window: float | None
+    dtype: str  # of the stored features
+    model_dir: str | None
+    approximate: str
+    batch_size: int
+    workers: int
+    flush_every: int
+
+    def plan(self) -> _Plan:
+        """Read the published version and list the folder (under the writer lock)."""
+        previous, shards, problems, old_model_dir, old_ann = _previous_version(
+            self.out, self.fingerprint, self.settings, self.window, self.dtype
+        )
+        header = {
+            "format_version": INDEX_VERSION,
+            "model_fingerprint": self.fingerprint,
+            "model_dir": self.model_dir or old_model_dir,
+            "videos": str(self.videos),
+            "sampler": asdict(self.settings),
+            "window": self.window,
+            "feature_dtype": self.dtype,
+        }
+        paths, unreadable = list_videos(self.videos)
+        kept, todo = _unchanged(previous, paths)
+        return _Plan(header, kept, shards, todo, problems, unreadable, old_ann)
+
+    def finish(self, writer: IndexWriter) -> None:
+        """Compact, bring the approximate stage up to date, publish."""
+        writer.compact()
+        _update_approximate(writer, self.approximate)
 
 
 def _approximate_stage(
@@ -487,7 +502,7 @@ def _approximate_stage(
         )
         return CoarseSearch(load_features(folder, entries, ("video",))["video"], "torch")
     stored = np.load(folder / ANN / record["files"][1])
-    keys = np.array([ann.entry_key(e["id"]) for e in entries], dtype=np.int64)
+    keys = ann.entry_keys(entries)
     missing = np.nonzero(~np.isin(keys, stored))[0]
     extra = load_features(folder, [entries[i] for i in missing], ("video",))["video"] if len(missing) else None
     return ann.ApproximateSearch(
@@ -510,7 +525,7 @@ def _update_approximate(writer: IndexWriter, mode: str) -> None:
         if wanted and mode == "on":
             raise VideoIndexError("--approximate on needs faiss: pip install faiss-cpu (the index was saved without)")
         return
-    keys = np.array([ann.entry_key(e["id"]) for e in entries], dtype=np.int64)
+    keys = ann.entry_keys(entries)
     previous = writer.ann
     if previous and len(entries) <= ann.RETRAIN_GROWTH * previous["trained_on"]:
         old_keys = np.load(writer.folder / ANN / previous["files"][1])
@@ -581,13 +596,10 @@ class _Video:
 
     def __init__(self, path: Path, item: dict) -> None:
         self.path, self.item = path, item
-        self.offsets = [0]
-        for w in item["windows"]:
-            self.offsets.append(self.offsets[-1] + w.count)
-        self.rows: list[dict[str, Tensor] | None] = [None] * len(item["windows"])
-
-    def frames(self, k: int) -> Tensor:
-        return self.item["frames"][self.offsets[k] : self.offsets[k + 1]]
+        counts = [w.count for w in item["windows"]]
+        self.frames = item["frames"].split(counts)  # [count,3,S,S] per moment
+        self.timestamps = item["timestamps"].split(counts)
+        self.rows: list[dict[str, Tensor] | None] = [None] * len(counts)
 
     def moments(self, folder: Path) -> list[tuple[dict[str, Any], dict[str, Tensor]]]:
         """(entry, feature row) of every moment; writes the thumbnails."""
@@ -596,7 +608,7 @@ class _Video:
         for k, (w, row) in enumerate(zip(windows, self.rows, strict=True)):
             vid = entry_id(str(self.path), stat.st_size, stat.st_mtime_ns, k)
             (folder / THUMBS / f"{vid}.jpg").write_bytes(self.item["jpegs"][k].numpy().tobytes())
-            timestamps = self.item["timestamps"][self.offsets[k] : self.offsets[k + 1]].tolist()
+            timestamps = self.timestamps[k].tolist()
             entry = IndexEntry(
                 str(self.path), stat.st_size, stat.st_mtime_ns, self.item["duration"], timestamps, f"{vid}.jpg", vid,
                 window=k, moments=len(windows), start=round(w.start, 3), end=round(w.end, 3),
@@ -609,9 +621,9 @@ class _Encoder:
     """Encodes decoded videos' moments ``batch_size`` at a time (a long video spreads over several batches, short
     ones share one) and hands each complete video's rows to ``writer``, in the order the videos came."""
 
-    def __init__(self, model: XCLIP, settings: SamplerSettings, writer: IndexWriter, batch_size: int, flush_every: int):
-        self.model, self.settings, self.writer = model, settings, writer
-        self.batch_size, self.flush_every = batch_size, flush_every
+    def __init__(self, model: XCLIP, update: _Update, writer: IndexWriter) -> None:
+        self.model, self.settings, self.writer = model, update.settings, writer
+        self.batch_size, self.flush_every = update.batch_size, update.flush_every
         self.device = next(model.parameters()).device
         self.waiting: list[tuple[_Video, int]] = []  # moments decoded, not yet encoded (FIFO)
         (writer.folder / THUMBS).mkdir(parents=True, exist_ok=True)
@@ -635,7 +647,7 @@ class _Encoder:
     def _encode(self, chunk: list[tuple[_Video, int]]) -> None:
         frames, mask = (
             torch.stack(x)
-            for x in zip(*(pad_frames(v.frames(k), self.settings.max_frames) for v, k in chunk), strict=True)
+            for x in zip(*(pad_frames(v.frames[k], self.settings.max_frames) for v, k in chunk), strict=True)
         )
         device = self.device
         with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
@@ -650,32 +662,22 @@ class _Encoder:
                 self.writer.add_video(v.moments(self.writer.folder), self.flush_every)
 
 
-def _loader(todo: list[Path], settings: SamplerSettings, window: float | None, workers: int, pin: bool) -> DataLoader:
+def _loader(todo: list[Path], update: _Update, pin: bool) -> DataLoader:
     """Decoding workers, one video per item, prefetching while the model encodes."""
     return DataLoader(
-        _Decode(todo, settings, window),
+        _Decode(todo, update.settings, update.window),
         batch_size=None,
-        num_workers=workers,
+        num_workers=update.workers,
         worker_init_fn=worker_init,
         pin_memory=pin,
-        prefetch_factor=4 if workers else None,
+        prefetch_factor=4 if update.workers else None,
     )
 
 
-def _encode(
-    model: XCLIP,
-    todo: list[Path],
-    settings: SamplerSettings,
-    window: float | None,
-    writer: IndexWriter,
-    batch_size: int,
-    workers: int,
-    progress: bool,
-    flush_every: int,
-) -> None:
+def _encode(model: XCLIP, todo: list[Path], update: _Update, writer: IndexWriter, progress: bool) -> None:
     """Decode ``todo`` in DataLoader workers and encode it into ``writer`` (one process)."""
-    encoder = _Encoder(model, settings, writer, batch_size, flush_every)
-    loader = _loader(todo, settings, window, workers, encoder.device.type == "cuda")
+    encoder = _Encoder(model, update, writer)
+    loader = _loader(todo, update, encoder.device.type == "cuda")
     with tqdm(total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=not progress) as bar:
         for item in loader:
             bar.update(1)
