@@ -109,8 +109,13 @@ def main(args: Sequence[str] | None = None) -> None:
         sys.argv[1:] = argv  # the command line as LightningCLI will read it, packaged configs resolved
     if argv and argv[0] in TOOLS:
         from xclip_lightning import tools  # the search tools do not need LightningCLI
+        from xclip_lightning.index_store import VideoIndexError
 
-        return getattr(tools, argv[0])(argv[1:])
+        try:
+            return getattr(tools, argv[0])(argv[1:])
+        except VideoIndexError as err:  # an expected mistake: one line, no traceback
+            print(f"xclip-lightning {argv[0]}: {tools.terminal_safe(err)}", file=sys.stderr)
+            raise SystemExit(1) from None
     XCLIPCLI(
         XCLIPRetrieval,
         VideoTextDataModule,

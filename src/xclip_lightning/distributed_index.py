@@ -23,10 +23,8 @@ from typing import Any
 
 import lightning as L
 
-from xclip_lightning.index_store import IndexWriter, _fsync_write, check, writer_lock
+from xclip_lightning.index_store import PARTS, IndexWriter, _fsync_write, check, own_files, writer_lock
 from xclip_lightning.model.xclip import XCLIP
-
-PARTS = "parts"
 
 
 class _PartWriter(IndexWriter):
@@ -72,7 +70,7 @@ def _resume(folder: Path, plan: Any) -> Any:
         plan.shards.update({e["shard"]: shards[e["shard"]] for e in resumed})
         plan.todo = todo
     (folder / PARTS).mkdir(parents=True, exist_ok=True)
-    for stale in (folder / PARTS).glob("*"):
+    for stale in own_files(folder, PARTS):
         stale.unlink()
     return plan
 
@@ -133,7 +131,7 @@ class IndexingTask(L.LightningModule):
                     writer.failures.update(part["failures"])
                     writer.entries.update({e["id"]: e for e in part["entries"]})
                 self.update.finish(writer)
-                for part in (self.out / PARTS).glob("*"):
+                for part in own_files(self.out, PARTS):
                     part.unlink()
                 self.result = (writer.entries, writer.failures)
             finally:

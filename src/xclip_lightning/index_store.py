@@ -43,6 +43,16 @@ MANIFEST, SHARDS, THUMBS, LOCK, ANN = "manifest.json", "shards", "thumbs", ".loc
 SHARD_NAME = re.compile(r"^[0-9a-f]{32}\.safetensors$")
 ANN_NAME = re.compile(r"^[0-9a-f]{32}\.(faiss|keys\.npy)$")
 THUMB_NAME = re.compile(r"^[0-9a-f]{16}\.jpg$")
+PART_NAME = re.compile(r"^\.?[0-9]+\.json(\.tmp)?$")
+TEMPORARY = re.compile(r"^\.[0-9a-f]{32}\.(safetensors|faiss|keys\.npy)\.tmp$")
+MANIFEST_TMP = re.compile(r"^\.manifest\.json\.[0-9]+\.tmp$")
+PARTS = "parts"  # a multi-process build's progress, one file per rank (``distributed_index.py``)
+OWN_FILES = {  # what the index writes in each of its folders: nothing else there is ever deleted
+    SHARDS: (SHARD_NAME, TEMPORARY),
+    THUMBS: (THUMB_NAME,),
+    ANN: (ANN_NAME, TEMPORARY),
+    PARTS: (PART_NAME,),
+}
 FEATURE_KEYS = ("video", "frames", "frame_mask")
 FLUSH_SECONDS = 60.0  # a build publishes what it has encoded at least this often, so a killed build keeps it
 
@@ -313,20 +323,51 @@ def mapped_features(folder: Path, entries: list[dict[str, Any]]) -> dict[str, Ma
     return {key: MappedRows(maps, entries, key) for key in FEATURE_KEYS}
 
 
+def own_files(folder: Path, subfolder: str) -> Iterator[Path]:
+    """The files of ``folder/subfolder`` that an index writes (by name); a user's file there is never listed."""
+    patterns = OWN_FILES[subfolder]
+    if (folder / subfolder).is_dir():
+        for path in (folder / subfolder).iterdir():
+            if any(p.match(path.name) for p in patterns) and not path.is_symlink() and path.is_file():
+                yield path
+
+
+def foreign_files(folder: Path) -> list[Path]:
+    """Files and folders in ``folder`` that no index writes: a folder holding any is not an index (or not only)."""
+    foreign = []
+    for path in folder.iterdir():
+        if path.name in OWN_FILES and path.is_dir() and not path.is_symlink():
+            mine = set(own_files(folder, path.name))
+            foreign.extend(p for p in path.iterdir() if p not in mine)
+        elif path.name not in (MANIFEST, LOCK) and not MANIFEST_TMP.match(path.name):
+            foreign.append(path)
+    return sorted(foreign)
+
+
+def remove_unpublished(folder: Path) -> None:
+    """Delete what a build that never published wrote into ``folder`` (only the index's own files and folders)."""
+    for subfolder in OWN_FILES:
+        for path in own_files(folder, subfolder):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: something else is there, and stays
+            (folder / subfolder).rmdir()
+    for path in folder.iterdir():
+        if MANIFEST_TMP.match(path.name):
+            path.unlink(missing_ok=True)
+
+
 def collect_garbage(folder: Path, manifest: dict[str, Any]) -> None:
-    """Delete shards, thumbnails and temporary files the published ``manifest`` does not reference (writer only)."""
-    shards = set(manifest["shards"])
-    thumbs = {e["thumbnail"] for e in manifest["entries"]}
-    ann = set(manifest["ann"]["files"]) if manifest.get("ann") else set()
-    for path in (folder / ANN).glob("*"):
-        if path.name not in ann:
-            path.unlink(missing_ok=True)
-    for path in (folder / SHARDS).glob("*"):
-        if path.name not in shards:
-            path.unlink(missing_ok=True)
-    for path in (folder / THUMBS).glob("*"):
-        if path.name not in thumbs:
-            path.unlink(missing_ok=True)
+    """Delete the index's own shards, thumbnails and temporary files that the published ``manifest`` does not
+    reference (writer only). Files of other names, a user's, are never touched."""
+    referenced = {
+        SHARDS: set(manifest["shards"]),
+        THUMBS: {e["thumbnail"] for e in manifest["entries"]},
+        ANN: set(manifest["ann"]["files"]) if manifest.get("ann") else set(),
+    }
+    for subfolder, keep in referenced.items():
+        for path in own_files(folder, subfolder):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
     for path in folder.glob(f".{MANIFEST}.*.tmp"):
         path.unlink(missing_ok=True)
 

@@ -21,6 +21,7 @@ full multi-grained X-CLIP score (``bench/search.py`` measures how often the top 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -50,6 +51,7 @@ from xclip_lightning.index_store import (
     ANN,
     FEATURE_KEYS,
     INDEX_VERSION,
+    LOCK,
     MANIFEST,
     THUMBS,
     IndexWriter,
@@ -57,9 +59,11 @@ from xclip_lightning.index_store import (
     check,
     check_ann,
     entry_id,
+    foreign_files,
     load_features,
     mapped_features,
     read_manifest,
+    remove_unpublished,
     write_ann,
     writer_lock,
 )
@@ -155,6 +159,21 @@ def list_videos(folder: Path) -> tuple[list[Path], list[str]]:
     for root, _, files in os.walk(folder, onerror=lambda err: unreadable.append(f"{err.filename}: {err.strerror}")):
         found.extend(Path(root) / f for f in files if Path(f).suffix.lower() in VIDEO_EXTENSIONS)
     return sorted(found), unreadable
+
+
+def check_destination(videos: Path, out: Path) -> None:
+    """Refuse, before anything is written, a ``videos`` folder that does not exist and an ``out`` that is a file
+    or a folder holding files that are not an index's (its files would be someone else's)."""
+    if not videos.is_dir():
+        raise VideoIndexError(f"--videos {videos}: no such folder (nothing was changed)")
+    if out.exists() and not out.is_dir():
+        raise VideoIndexError(f"--out {out} is a file, not an index folder: choose a new or empty folder")
+    if out.is_dir() and not (out / MANIFEST).is_file() and (foreign := foreign_files(out)):
+        shown = ", ".join(p.name for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise VideoIndexError(
+            f"--out {out} is not an index and holds other files ({shown}): choose a new or empty folder (nothing "
+            f"was written there)"
+        )
 
 
 def _duration(path: Path) -> float | None:
@@ -255,6 +274,7 @@ class VideoIndex:
         self.encoded = 0  # videos decoded and encoded by the build that made this object (0 when loaded)
         self.repaired: list[str] = []  # what the build found out of agreement with the manifest, and redid
         self.unreadable: list[str] = []  # subfolders the build could not list
+        self.removed = 0  # videos the build dropped because their files are gone
         self.coarse_backend: CoarseBackend = "auto"
         self._coarse: CoarseSearch | None = None
         self.window: float | None = None  # seconds per moment it was built with (None: one moment per file)
@@ -287,6 +307,7 @@ class VideoIndex:
         half: bool = False,
         devices: int = 1,
         num_nodes: int = 1,
+        prune: bool = False,
     ) -> VideoIndex:
         """Index every video under ``videos`` (recursively) into ``out``; an existing index there is updated:
         only new or changed files are encoded, files that disappeared are dropped, entries that no longer agree
@@ -298,9 +319,15 @@ class VideoIndex:
         ``approximate``: "auto" (an IVF first stage from ``ANN_MIN_ROWS`` moments, when faiss is installed), "on",
         "off" (``ann.py``); kept up to date by every update. ``devices`` / ``num_nodes`` > 1: one process per device
         through Lightning (``distributed_index.py``), each encoding its share of the videos into its own shards, the
-        first merging them into one version (``device`` then says the kind: "cpu" or "cuda")."""
+        first merging them into one version (``device`` then says the kind: "cpu" or "cuda").
+
+        Nothing a user has is lost: a missing ``videos`` folder, an ``out`` that holds other files, an update that
+        finds no video it can index, or one that would drop more than half of the indexed videos because their files
+        are gone (a wrong folder, a drive not mounted) stop before anything is written, the last with the advice to
+        pass ``prune=True`` when the files were really deleted."""
         if approximate not in ("auto", "on", "off"):
             raise ValueError(f"approximate must be 'auto', 'on' or 'off', got {approximate!r}")
+        check_destination(Path(videos), Path(out))
         window = window or None
         model_dir = str(model) if not isinstance(model, XCLIP) else None
         model = (load_search_model(model) if model_dir is not None else model).eval()
@@ -309,24 +336,35 @@ class VideoIndex:
         out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
         update = _Update(
             out, videos, model_fingerprint(model), settings, window, "float16" if half else "float32", model_dir,
-            approximate, batch_size, workers, flush_every,
+            approximate, batch_size, workers, flush_every, prune,
         )  # fmt: skip
         if devices > 1 or num_nodes > 1:
             from xclip_lightning.distributed_index import build_distributed
 
             plan, entries, failures, rank = build_distributed(model, update, device, devices, num_nodes)
         else:
-            rank = 0
-            with writer_lock(out):
-                plan = update.plan()
-                writer = plan.writer(out)
-                _encode(model, plan.todo, update, writer, progress)
-                update.finish(writer)
+            rank, created = 0, not out.exists()
+            try:
+                with writer_lock(out):
+                    try:
+                        plan = update.plan()
+                        writer = plan.writer(out)
+                        _encode(model, plan.todo, update, writer, progress)
+                        update.finish(writer)
+                    except BaseException:
+                        if not (out / MANIFEST).is_file():  # a new index that never published: leave nothing
+                            remove_unpublished(out)
+                        raise
+            finally:
+                if created and not (out / MANIFEST).is_file():
+                    (out / LOCK).unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        out.rmdir()
             entries, failures = writer.entries, writer.failures
         model.cpu()  # searching encodes one query at a time: the CPU does it
         moments = [IndexEntry(**e) for e in entries.values()]
         index = cls(model, settings, moments, failures, out, plan.header["model_dir"])
-        index.encoded, index.repaired = len(plan.todo) - len(failures), plan.problems
+        index.encoded, index.repaired, index.removed = len(plan.todo) - len(failures), plan.problems, plan.removed
         index.unreadable, index.window, index.rank = plan.unreadable, window, rank
         return index
 
@@ -438,6 +476,7 @@ class _Plan:
     problems: list[str]  # what the published version had out of agreement (redone)
     unreadable: list[str]  # subfolders that could not be listed
     old_ann: dict[str, Any] | None
+    removed: int  # videos of the published version whose files are gone (dropped)
 
     def writer(self, folder: Path) -> IndexWriter:
         """The writer of the new version: the kept moments, their shards and the approximate stage to update."""
@@ -461,6 +500,7 @@ class _Update:
     batch_size: int
     workers: int
     flush_every: int
+    prune: bool = False  # drop the videos whose files are gone even when they are most of the index
 
     def plan(self) -> _Plan:
         """Read the published version and list the folder (under the writer lock)."""
@@ -477,11 +517,30 @@ class _Update:
             "feature_dtype": self.dtype,
         }
         paths, unreadable = list_videos(self.videos)
+        indexed = {e["path"] for e in previous}
+        gone = len(indexed - {str(p) for p in paths})
+        if not previous and not paths:
+            raise VideoIndexError(
+                f"no video file under {self.videos} (looked for {', '.join(VIDEO_EXTENSIONS)}): nothing was indexed"
+            )
+        if gone > len(indexed) / 2 and not self.prune:
+            raise VideoIndexError(
+                f"{gone} of the {len(indexed)} indexed videos are not under {self.videos} any more (a wrong "
+                f"--videos, or a drive not mounted?): the index was left as it was. If they were deleted, run "
+                f"again with --prune to remove them from the index"
+            )
         kept, todo = _unchanged(previous, paths)
-        return _Plan(header, kept, shards, todo, problems, unreadable, old_ann)
+        return _Plan(header, kept, shards, todo, problems, unreadable, old_ann, gone)
 
     def finish(self, writer: IndexWriter) -> None:
-        """Compact, bring the approximate stage up to date, publish."""
+        """Compact, bring the approximate stage up to date, publish; an update that ends with no video at all
+        publishes nothing (the previous version stays)."""
+        if not writer.entries and not writer.pending:
+            failed = "".join(f", e.g. {path}: {reason}" for path, reason in list(writer.failures.items())[:1])
+            kept = ": the index was left as it was" if (self.out / MANIFEST).is_file() else ""
+            raise VideoIndexError(
+                f"no video could be indexed under {self.videos} ({len(writer.failures)} failed{failed}){kept}"
+            )
         writer.compact()
         _update_approximate(writer, self.approximate)
 
@@ -683,6 +742,3 @@ def _encode(model: XCLIP, todo: list[Path], update: _Update, writer: IndexWriter
             bar.update(1)
             encoder.add(todo[item["index"]], item)
         encoder.finish()
-    writer.flush()
-    if not writer.entries:
-        raise VideoIndexError(f"no video could be indexed ({len(writer.failures)} failed)")

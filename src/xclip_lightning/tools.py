@@ -88,13 +88,19 @@ def index(argv: Sequence[str]) -> None:
         "--devices", type=_positive, default=1, help="processes (GPUs, or CPU processes with --device cpu) under DDP"
     )
     parser.add_argument("--num-nodes", type=_positive, default=1, help="machines (torchrun / SLURM; a shared --out)")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="remove the indexed videos whose files are gone even when they are more than half of the index "
+        "(without it such an update stops: a wrong --videos or a drive not mounted would empty the index)",
+    )
     args = parser.parse_args(argv)
     from xclip_lightning.search import VideoIndex
 
     built = VideoIndex.build(
         args.model, args.videos, args.out, args.fps, args.batch_size, args.workers, window=args.window,
         device=args.device, approximate=args.approximate, half=args.half, devices=args.devices,
-        num_nodes=args.num_nodes,
+        num_nodes=args.num_nodes, prune=args.prune,
     )  # fmt: skip
     if built.rank != 0:
         return
@@ -104,6 +110,8 @@ def index(argv: Sequence[str]) -> None:
         f"{out}: {videos} videos indexed as {len(built.entries)} moments ({built.encoded} new, changed or repaired "
         f"videos encoded now)"
     )
+    if built.removed:
+        print(f"{built.removed} video(s) removed: their files are gone")
     for title, lines in (
         ("entr(ies) of the previous version did not agree with the index files and were redone", built.repaired),
         ("file(s) could not be indexed", [f"{path}: {reason}" for path, reason in built.failures.items()]),
