@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xclip_lightning.index_store import IndexWriter, check, entry_id, read_manifest
+from xclip_lightning.index.store import IndexWriter, check, entry_id, read_manifest
+from xclip_lightning.index.video_index import INDEX_VERSION, VideoIndex, _update_approximate, model_fingerprint
 from xclip_lightning.model.tiny import build_tiny_clip
 from xclip_lightning.model.xclip import XCLIP
-from xclip_lightning.search import INDEX_VERSION, VideoIndex, _update_approximate, model_fingerprint
 
 D, T = 512, 12
 

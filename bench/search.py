@@ -42,10 +42,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xclip_lightning import ann
-from xclip_lightning.index_store import mapped_features, write_shard
+from xclip_lightning.index import ann
+from xclip_lightning.index.store import mapped_features, write_shard
+from xclip_lightning.index.video_index import CoarseSearch, rank_videos
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
-from xclip_lightning.search import CoarseSearch, rank_videos
 
 D, L, T = 512, 32, 12
 LOGIT_SCALE = 100.0

@@ -109,7 +109,7 @@ def main(args: Sequence[str] | None = None) -> None:
         sys.argv[1:] = argv  # the command line as LightningCLI will read it, packaged configs resolved
     if argv and argv[0] in TOOLS:
         from xclip_lightning import tools  # the search tools do not need LightningCLI
-        from xclip_lightning.index_store import VideoIndexError
+        from xclip_lightning.index.store import VideoIndexError
 
         try:
             return getattr(tools, argv[0])(argv[1:])

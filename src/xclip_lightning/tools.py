@@ -95,7 +95,7 @@ def index(argv: Sequence[str]) -> None:
         "(without it such an update stops: a wrong --videos or a drive not mounted would empty the index)",
     )
     args = parser.parse_args(argv)
-    from xclip_lightning.search import VideoIndex
+    from xclip_lightning.index.video_index import VideoIndex
 
     built = VideoIndex.build(
         args.model, args.videos, args.out, args.fps, args.batch_size, args.workers, window=args.window,
@@ -140,7 +140,7 @@ def search(argv: Sequence[str]) -> None:
     output.add_argument("--jsonl", action="store_true", help="print one JSON object per hit (query, rank, id, ...)")
     parser.add_argument("--html", help="also write an HTML page with the sampled frames of each result")
     args = parser.parse_args(argv)
-    from xclip_lightning.search import VideoIndex, scorer_name
+    from xclip_lightning.index.video_index import VideoIndex, scorer_name
 
     found = VideoIndex.load(args.index, model=args.model)
     hits = found.search(args.queries, k=args.top_k, candidates=args.candidates or None, per_video=args.per_video)
@@ -163,7 +163,7 @@ def search(argv: Sequence[str]) -> None:
                 span = f"{_clock(hit.start)}-{_clock(hit.end)}"
                 print(f"  {hit.rank:3d}. {hit.score:7.2f}  {path}  {span}  (best frame at {_clock(hit.best_time)})")
     if args.html:
-        from xclip_lightning.report import write_html
+        from xclip_lightning.index.report import write_html
 
         print(f"wrote {terminal_safe(write_html(args.html, args.index, args.queries, hits, scorer))}")
 

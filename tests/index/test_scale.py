@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_video_index import setup  # noqa: F401  (the module fixture: a saved model and a folder of synthetic videos)
 
 from conftest import require_or_skip
-from test_search import setup  # noqa: F401  (the module fixture: a saved model and a folder of synthetic videos)
-from xclip_lightning import ann
 from xclip_lightning.data.synthetic import Event, SyntheticSettings, render, write_video
-from xclip_lightning.index_store import load_features, mapped_features, read_manifest
-from xclip_lightning.ranking import CoarseSearch
-from xclip_lightning.search import VideoIndex, VideoIndexError, resolve_device
+from xclip_lightning.index import ann
+from xclip_lightning.index.ranking import CoarseSearch
+from xclip_lightning.index.store import load_features, mapped_features, read_manifest
+from xclip_lightning.index.video_index import VideoIndex, VideoIndexError, resolve_device
 
 HAS_FAISS = importlib.util.find_spec("faiss") is not None
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import lightning as L
 
-from xclip_lightning.index_store import PARTS, IndexWriter, _fsync_write, check, own_files, writer_lock
+from xclip_lightning.index.store import PARTS, IndexWriter, _fsync_write, check, own_files, writer_lock
 from xclip_lightning.model.xclip import XCLIP
 
 
@@ -51,7 +51,7 @@ def _resume(folder: Path, plan: Any) -> Any:
     """Take into ``plan`` what the ranks of a killed multi-process build had finished (their part files), where
     it still agrees with its shards and its video is unchanged and complete; then remove the part files (their
     shards are now the plan's)."""
-    from xclip_lightning.search import _unchanged
+    from xclip_lightning.index.video_index import _unchanged
 
     parts = sorted((folder / PARTS).glob("*.json")) if (folder / PARTS).is_dir() else []
     finished: list[dict[str, Any]] = []
@@ -100,7 +100,7 @@ class IndexingTask(L.LightningModule):
         self.todo = self.plan.todo[self.global_rank :: self.trainer.world_size]
 
     def predict_dataloader(self):
-        from xclip_lightning.search import _loader
+        from xclip_lightning.index.video_index import _loader
 
         return _loader(self.todo, self.update, self.device.type == "cuda")
 
@@ -108,7 +108,7 @@ class IndexingTask(L.LightningModule):
         return batch  # the encoder moves the frames of each batch of moments itself
 
     def on_predict_start(self) -> None:
-        from xclip_lightning.search import _Encoder
+        from xclip_lightning.index.video_index import _Encoder
 
         self.writer = _PartWriter(self.out, self.plan.header, self.global_rank)
         self.encoder = _Encoder(self.model, self.update, self.writer)

@@ -20,8 +20,8 @@ from torchvision.io import decode_jpeg
 from conftest import require_or_skip
 from xclip_lightning.cli import main
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
+from xclip_lightning.index.video_index import VideoIndex, VideoIndexError
 from xclip_lightning.model.xclip import XCLIP
-from xclip_lightning.search import VideoIndex, VideoIndexError
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
 
 def test_faiss_and_torch_coarse_stages_pick_the_same_videos():
     require_or_skip(importlib.util.find_spec("faiss") is not None, "faiss-cpu (a dev dependency)")
-    from xclip_lightning.search import CoarseSearch
+    from xclip_lightning.index.video_index import CoarseSearch
 
     generator = torch.Generator().manual_seed(0)
     video = torch.nn.functional.normalize(torch.randn(5000, 64, generator=generator), dim=-1)
@@ -242,7 +242,7 @@ def test_zero_shot_search_with_any_clip_is_clip4clips_mean_of_frames_cosine(setu
 
     from xclip_lightning.data.frame_cache import SamplerSettings, VideoSource, decode_video
     from xclip_lightning.data.transforms import normalize
-    from xclip_lightning.search import ZERO_SHOT
+    from xclip_lightning.index.video_index import ZERO_SHOT
 
     model_dir, videos, captions = setup
     clip_dir = model_dir.parent / "clip"

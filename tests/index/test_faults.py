@@ -17,16 +17,16 @@ import torch
 
 from xclip_lightning.cli import main
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
-from xclip_lightning.index_store import IndexBusyError
+from xclip_lightning.index.store import IndexBusyError
+from xclip_lightning.index.video_index import VideoIndex, VideoIndexError
 from xclip_lightning.model.xclip import XCLIP
-from xclip_lightning.search import VideoIndex, VideoIndexError
 
 VIDEOS = 12
 WINDOW = 2.0  # seconds: each 4-6 s video is 2-3 moments, so a kill can land between the moments of one video
 
 SLOW_INDEX = """
 import sys, time
-from xclip_lightning import search
+from xclip_lightning.index import video_index as search
 
 real = search.sample_frames
 def slow(*args, **kwargs):  # 0.15 s a video: a kill lands anywhere in the update

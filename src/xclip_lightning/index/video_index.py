@@ -41,19 +41,21 @@ from torchvision.io import encode_jpeg
 from torchvision.transforms.v2.functional import resize
 from tqdm.auto import tqdm
 
-from xclip_lightning import ann
 from xclip_lightning.data.benchmarks.common import VIDEO_EXTENSIONS
 from xclip_lightning.data.dataset import pad_frames, worker_init
 from xclip_lightning.data.frame_cache import SamplerSettings
 from xclip_lightning.data.transforms import resize_crop
 from xclip_lightning.data.video import WindowSelector, sample_frames
-from xclip_lightning.index_store import (
+from xclip_lightning.index import ann
+from xclip_lightning.index.ranking import DEFAULT_CANDIDATES, CoarseBackend, CoarseSearch, coarse_query, rank_videos
+from xclip_lightning.index.store import (
     ANN,
     FEATURE_KEYS,
     INDEX_VERSION,
     LOCK,
     MANIFEST,
     THUMBS,
+    IndexBusyError,
     IndexWriter,
     VideoIndexError,
     check,
@@ -69,12 +71,12 @@ from xclip_lightning.index_store import (
 )
 from xclip_lightning.model.head import TextFeatures, VideoFeatures
 from xclip_lightning.model.xclip import XCLIP, XCLIP_CONFIG_FILE, update_with_tensors
-from xclip_lightning.ranking import DEFAULT_CANDIDATES, CoarseBackend, CoarseSearch, coarse_query, rank_videos
 
 __all__ = [
     "MANIFEST",
     "THUMBS",
     "CoarseSearch",
+    "IndexBusyError",
     "IndexEntry",
     "SearchHit",
     "VideoIndex",
@@ -339,7 +341,7 @@ class VideoIndex:
             approximate, batch_size, workers, flush_every, prune,
         )  # fmt: skip
         if devices > 1 or num_nodes > 1:
-            from xclip_lightning.distributed_index import build_distributed
+            from xclip_lightning.index.distributed import build_distributed
 
             plan, entries, failures, rank = build_distributed(model, update, device, devices, num_nodes)
         else:

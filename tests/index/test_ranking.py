@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import require_or_skip
+from xclip_lightning.index.video_index import CoarseSearch, coarse_query, rank_videos
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
-from xclip_lightning.search import CoarseSearch, coarse_query, rank_videos
 
 D, L, T = 16, 6, 4
 TOLERANCE = {"rtol": 1e-6, "atol": 1e-4}  # scores ~ 100 x cosine: block-wise fp32 sums differ by a few ulps

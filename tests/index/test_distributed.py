@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_video_index import setup  # noqa: F401  (the module fixture: a saved model and a folder of synthetic videos)
 
-from test_search import setup  # noqa: F401  (the module fixture: a saved model and a folder of synthetic videos)
-from xclip_lightning.index_store import writer_lock
-from xclip_lightning.search import VideoIndex
+from xclip_lightning.index.store import writer_lock
+from xclip_lightning.index.video_index import VideoIndex
 
 WINDOW = 2.0
 
@@ -87,7 +87,7 @@ def test_a_busy_index_stops_every_rank_with_rank_zeros_reason(setup, tmp_path): 
 
 SLOW_DISTRIBUTED_INDEX = """
 import sys, time
-from xclip_lightning import search
+from xclip_lightning.index import video_index as search
 
 real = search.sample_frames
 def slow(*args, **kwargs):  # 1 s a video: the build is killed half-way

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from xclip_lightning.index_store import THUMB_NAME
-from xclip_lightning.search import THUMB_HEIGHT, THUMBS, SearchHit
+from xclip_lightning.index.store import THUMB_NAME
+from xclip_lightning.index.video_index import THUMB_HEIGHT, THUMBS, SearchHit
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }

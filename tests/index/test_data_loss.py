@@ -12,8 +12,8 @@ import torch
 
 from xclip_lightning.cli import main
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
+from xclip_lightning.index.video_index import VideoIndex, VideoIndexError
 from xclip_lightning.model.xclip import XCLIP
-from xclip_lightning.search import VideoIndex, VideoIndexError
 
 
 @pytest.fixture(scope="module")
