@@ -21,8 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xclip_lightning.index.store import IndexWriter, check, entry_id, read_manifest
-from xclip_lightning.index.video_index import INDEX_VERSION, VideoIndex, _update_approximate, model_fingerprint
+from xclip_lightning.index.ann import update_approximate
+from xclip_lightning.index.encode import model_fingerprint
+from xclip_lightning.index.store import INDEX_VERSION, IndexWriter, check, entry_id, read_manifest
+from xclip_lightning.index.video_index import VideoIndex
 from xclip_lightning.model.tiny import build_tiny_clip
 from xclip_lightning.model.xclip import XCLIP
 
@@ -64,7 +66,7 @@ def write_index(folder: Path, n: int, model: XCLIP) -> None:
             rows.append((entry, features))
         writer.pending.extend(rows)
         writer.flush()  # a publish every 2048 moments, as a build does
-    _update_approximate(writer, "on")
+    update_approximate(writer, "on")
 
 
 def main(argv: list[str]) -> dict:

@@ -87,14 +87,15 @@ def test_a_busy_index_stops_every_rank_with_rank_zeros_reason(setup, tmp_path): 
 
 SLOW_DISTRIBUTED_INDEX = """
 import sys, time
-from xclip_lightning.index import video_index as search
+from xclip_lightning.index import encode as search
+from xclip_lightning.index.video_index import VideoIndex
 
 real = search.sample_frames
 def slow(*args, **kwargs):  # 1 s a video: the build is killed half-way
     time.sleep(1.0)
     return real(*args, **kwargs)
 search.sample_frames = slow
-search.VideoIndex.build(sys.argv[1], sys.argv[2], sys.argv[3], workers=0, progress=False, flush_every=1, batch_size=1,
+VideoIndex.build(sys.argv[1], sys.argv[2], sys.argv[3], workers=0, progress=False, flush_every=1, batch_size=1,
                         window=float(sys.argv[4]), device="cpu", devices=2)
 """
 

@@ -26,7 +26,8 @@ WINDOW = 2.0  # seconds: each 4-6 s video is 2-3 moments, so a kill can land bet
 
 SLOW_INDEX = """
 import sys, time
-from xclip_lightning.index import video_index as search
+from xclip_lightning.index import encode as search
+from xclip_lightning.index.video_index import VideoIndex
 
 real = search.sample_frames
 def slow(*args, **kwargs):  # 0.15 s a video: a kill lands anywhere in the update
@@ -34,7 +35,7 @@ def slow(*args, **kwargs):  # 0.15 s a video: a kill lands anywhere in the updat
     return real(*args, **kwargs)
 search.sample_frames = slow
 print("started", flush=True)
-index = search.VideoIndex.build(
+index = VideoIndex.build(
     sys.argv[1], sys.argv[2], sys.argv[3], workers=0, progress=False, flush_every=2, window=float(sys.argv[4])
 )
 print("done", index.encoded, flush=True)

@@ -13,11 +13,16 @@ changed moments and adds the new ones without retraining. It is trained again wh
 from __future__ import annotations
 
 import math
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from xclip_lightning.index.ranking import CoarseSearch
+from xclip_lightning.index.store import ANN, IndexWriter, VideoIndexError, check_ann, load_features, write_ann
 
 ANN_MIN_ROWS = 100_000  # "auto" builds the approximate index from this many moments (bench/search.py: below it
 # the exact first stage costs under 25 ms a query)
@@ -128,3 +133,61 @@ class ApproximateSearch:
             results.append(row[:k])
         keep = min(len(r) for r in results)
         return torch.stack([r[:keep] for r in results])
+
+
+def approximate_stage(folder: Path, manifest: dict, entries: list[dict[str, Any]]) -> CoarseSearch | ApproximateSearch:
+    """The index's IVF first stage, with the moments it does not hold yet scored exactly; the exact first stage
+    (with a warning saying why) when faiss is missing or the files do not match their checksums."""
+    record, problem = check_ann(folder, manifest)
+    if problem or not available():
+        reason = problem or "faiss is not installed (pip install faiss-cpu)"
+        warnings.warn(
+            f"{folder}: the approximate first stage is not usable ({reason}): every video vector is scored instead "
+            f"(exact, slower); running `xclip-lightning index` again rebuilds it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return CoarseSearch(load_features(folder, entries, ("video",))["video"], "torch")
+    stored = np.load(folder / ANN / record["files"][1])
+    keys = entry_keys(entries)
+    missing = np.nonzero(~np.isin(keys, stored))[0]
+    extra = load_features(folder, [entries[i] for i in missing], ("video",))["video"] if len(missing) else None
+    return ApproximateSearch(
+        read(str(folder / ANN / record["files"][0])),
+        keys,
+        extra_rows=torch.from_numpy(missing),
+        extra_vectors=extra,
+    )
+
+
+def update_approximate(writer: IndexWriter, mode: str) -> None:
+    """Bring the approximate first stage in line with the entries, then publish: remove the vectors
+    of moments that are gone, add the new ones; (re)train when there is none yet or the collection has outgrown
+    it; drop it when the collection is under the threshold (``auto``) or it is turned off."""
+    entries = list(writer.entries.values())
+    wanted = mode == "on" or (mode == "auto" and len(entries) >= ANN_MIN_ROWS)
+    if not wanted or not entries or not available():
+        writer.ann = None
+        writer.publish()
+        if wanted and mode == "on":
+            raise VideoIndexError("--approximate on needs faiss: pip install faiss-cpu (the index was saved without)")
+        return
+    keys = entry_keys(entries)
+    previous = writer.ann
+    if previous and len(entries) <= RETRAIN_GROWTH * previous["trained_on"]:
+        old_keys = np.load(writer.folder / ANN / previous["files"][1])
+        gone, new = np.setdiff1d(old_keys, keys), ~np.isin(keys, old_keys)
+        if not len(gone) and not new.any():  # nothing changed: keep the files as they are
+            writer.publish()
+            return
+        index = read(str(writer.folder / ANN / previous["files"][0]))
+        remove(index, gone)
+        if new.any():
+            fresh = [e for e, is_new in zip(entries, new, strict=True) if is_new]
+            add(index, load_features(writer.folder, fresh, ("video",))["video"], keys[new])
+        trained_on = previous["trained_on"]
+    else:
+        index = build(load_features(writer.folder, entries, ("video",))["video"], keys)
+        trained_on = len(entries)
+    writer.ann = {**write_ann(writer.folder, index, keys, write), "trained_on": trained_on}
+    writer.publish()

@@ -5,7 +5,7 @@ encoding its share of the videos into its own shards, rank 0 merging them into o
     xclip-lightning index --model M --videos V --out I --devices 8 --num-nodes 2   # torchrun / SLURM, shared disk
 
 Rank 0 takes the writer lock and plans the update (what is kept, what to encode) and broadcasts the plan; rank r
-encodes the videos ``todo[r::world]`` with the same encoder as one process (``search._Encoder``), writing immutable
+encodes the videos ``todo[r::world]`` with the same encoder as one process (``encode.Encoder``), writing immutable
 shards and thumbnails into the index folder and its progress into ``parts/<rank>.json``; after a barrier rank 0
 publishes the kept moments plus every part as one version (then compacts, updates the approximate first stage,
 removes the parts). Nothing is published before the merge: a killed multi-process build leaves the previous
@@ -23,7 +23,9 @@ from typing import Any
 
 import lightning as L
 
-from xclip_lightning.index.store import PARTS, IndexWriter, _fsync_write, check, own_files, writer_lock
+from xclip_lightning.index.encode import Encoder, loader
+from xclip_lightning.index.plan import Plan, Update, unchanged
+from xclip_lightning.index.store import PARTS, IndexWriter, check, fsync_write, own_files, writer_lock
 from xclip_lightning.model.xclip import XCLIP
 
 
@@ -38,7 +40,7 @@ class _PartWriter(IndexWriter):
     def publish(self) -> None:
         self.part.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.part.with_name(f".{self.part.name}.tmp")
-        _fsync_write(
+        fsync_write(
             tmp,
             json.dumps(
                 {"entries": list(self.entries.values()), "shards": self.shards, "failures": self.failures}
@@ -47,12 +49,10 @@ class _PartWriter(IndexWriter):
         os.replace(tmp, self.part)
 
 
-def _resume(folder: Path, plan: Any) -> Any:
+def _resume(folder: Path, plan: Plan) -> Plan:
     """Take into ``plan`` what the ranks of a killed multi-process build had finished (their part files), where
     it still agrees with its shards and its video is unchanged and complete; then remove the part files (their
     shards are now the plan's)."""
-    from xclip_lightning.index.video_index import _unchanged
-
     parts = sorted((folder / PARTS).glob("*.json")) if (folder / PARTS).is_dir() else []
     finished: list[dict[str, Any]] = []
     shards: dict[str, Any] = {}
@@ -65,7 +65,7 @@ def _resume(folder: Path, plan: Any) -> Any:
         finished.extend(good)
         shards.update({e["shard"]: record["shards"][e["shard"]] for e in good})
     if finished:
-        resumed, todo = _unchanged(finished, plan.todo)
+        resumed, todo = unchanged(finished, plan.todo)
         plan.kept.extend(resumed)
         plan.shards.update({e["shard"]: shards[e["shard"]] for e in resumed})
         plan.todo = todo
@@ -78,9 +78,9 @@ def _resume(folder: Path, plan: Any) -> Any:
 class IndexingTask(L.LightningModule):
     """The update of one index as a Lightning predict run (see the module docstring)."""
 
-    def __init__(self, model: XCLIP, update: Any) -> None:
+    def __init__(self, model: XCLIP, update: Update) -> None:
         super().__init__()
-        self.model, self.update, self.out = model, update, update.out  # update: search._Update
+        self.model, self.update, self.out = model, update, update.out
         self.plan = None
         self.result: tuple[dict[str, Any], dict[str, str]] | None = None  # rank 0's merged (entries, failures)
 
@@ -100,18 +100,14 @@ class IndexingTask(L.LightningModule):
         self.todo = self.plan.todo[self.global_rank :: self.trainer.world_size]
 
     def predict_dataloader(self):
-        from xclip_lightning.index.video_index import _loader
-
-        return _loader(self.todo, self.update, self.device.type == "cuda")
+        return loader(self.todo, self.update, self.device.type == "cuda")
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         return batch  # the encoder moves the frames of each batch of moments itself
 
     def on_predict_start(self) -> None:
-        from xclip_lightning.index.video_index import _Encoder
-
         self.writer = _PartWriter(self.out, self.plan.header, self.global_rank)
-        self.encoder = _Encoder(self.model, self.update, self.writer)
+        self.encoder = Encoder(self.model, self.update, self.writer)
 
     def predict_step(self, item: dict, batch_idx: int) -> None:
         self.encoder.add(self.todo[item["index"]], item)
@@ -140,9 +136,9 @@ class IndexingTask(L.LightningModule):
 
 
 def build_distributed(
-    model: XCLIP, update: Any, device: str, devices: int, num_nodes: int
-) -> tuple[Any, dict[str, dict[str, Any]], dict[str, str], int]:
-    """Run ``update`` (``search._Update``) under DDP; returns (the plan, the merged entries by id, the failures,
+    model: XCLIP, update: Update, device: str, devices: int, num_nodes: int
+) -> tuple[Plan, dict[str, dict[str, Any]], dict[str, str], int]:
+    """Run ``update`` (``plan.Update``) under DDP; returns (the plan, the merged entries by id, the failures,
     this process's rank)."""
     accelerator = "cpu" if device == "cpu" else ("gpu" if device != "auto" else "auto")
     task = IndexingTask(model.cpu(), update)

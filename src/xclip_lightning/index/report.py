@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from xclip_lightning.index.store import THUMB_NAME
-from xclip_lightning.index.video_index import THUMB_HEIGHT, THUMBS, SearchHit
+from xclip_lightning.index.encode import THUMB_HEIGHT
+from xclip_lightning.index.records import SearchHit
+from xclip_lightning.index.store import THUMB_NAME, THUMBS
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }

@@ -95,7 +95,7 @@ def writer_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _fsync_write(path: Path, data: bytes | None = None) -> None:
+def fsync_write(path: Path, data: bytes | None = None) -> None:
     """Flush ``path`` (writing ``data`` first when given) to the disk."""
     with open(path, "wb" if data is not None else "rb+") as f:
         if data is not None:
@@ -123,7 +123,7 @@ def write_shard(
     data = {k: v.to(dtype).contiguous() for k, v in tensors.items() if k != "frame_mask"}
     data["frame_mask"] = tensors["frame_mask"].to(torch.uint8).contiguous()
     save_file(data, str(tmp), metadata={"ids": json.dumps(ids)})
-    _fsync_write(tmp)
+    fsync_write(tmp)
     os.replace(tmp, folder / SHARDS / name)
     return name, {"rows": len(ids), "sha256": file_sha256(folder / SHARDS / name)}
 
@@ -131,7 +131,7 @@ def write_shard(
 def publish(folder: Path, manifest: dict[str, Any]) -> None:
     """Make ``manifest`` the index's version, atomically."""
     tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    _fsync_write(tmp, json.dumps(manifest, indent=1).encode())
+    fsync_write(tmp, json.dumps(manifest, indent=1).encode())
     os.replace(tmp, folder / MANIFEST)
     directory = os.open(folder, os.O_RDONLY)
     try:
@@ -236,7 +236,7 @@ def write_ann(folder: Path, index: Any, keys: np.ndarray, write_index) -> dict[s
     with open(tmp[1], "wb") as f:
         np.save(f, keys.astype(np.int64))
     for t, name in zip(tmp, names, strict=True):
-        _fsync_write(t)
+        fsync_write(t)
         os.replace(t, folder / ANN / name)
     return {"files": names, "sha256": [file_sha256(folder / ANN / n) for n in names], "rows": len(keys)}
 

@@ -1,0 +1,197 @@
+"""Decoding and encoding videos for the index: the model (a trained X-CLIP folder or any CLIP for zero-shot), its
+fingerprint, the device, the decode Dataset run in DataLoader workers, and the encoder that turns each video's
+moments into feature rows and thumbnails for a writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import av
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import encode_jpeg
+from torchvision.transforms.v2.functional import resize
+from tqdm.auto import tqdm
+
+from xclip_lightning.data.dataset import pad_frames, worker_init
+from xclip_lightning.data.frame_cache import SamplerSettings
+from xclip_lightning.data.transforms import resize_crop
+from xclip_lightning.data.video import WindowSelector, sample_frames
+from xclip_lightning.index.plan import Update
+from xclip_lightning.index.records import IndexEntry
+from xclip_lightning.index.store import (
+    THUMBS,
+    IndexWriter,
+    VideoIndexError,
+    entry_id,
+)
+from xclip_lightning.model.xclip import XCLIP, XCLIP_CONFIG_FILE, update_with_tensors
+
+THUMB_HEIGHT = 64  # pixels of the thumbnail strip
+
+
+def load_search_model(name_or_path: str | os.PathLike) -> XCLIP:
+    """A trained X-CLIP folder (``export`` / ``save_pretrained``), or any CLIP folder or hub name for zero-shot
+    search: then the head keeps only the video-sentence contrast with an identity matrix and no temporal encoder,
+    which is exactly CLIP4Clip's zero-shot rule (cosine of the sentence and the mean of the frame features)."""
+    if (Path(name_or_path) / XCLIP_CONFIG_FILE).is_file():
+        return XCLIP.from_pretrained(name_or_path)
+    return XCLIP.from_clip(str(name_or_path), contrasts=["video_sentence"], temporal_layers=0)
+
+
+def model_fingerprint(model: XCLIP) -> str:
+    """SHA-256 over the head configuration and every weight: an index is only valid for this exact model."""
+    digest = hashlib.sha256(json.dumps(model.head.config(), sort_keys=True).encode())
+    return update_with_tensors(digest, model.state_dict()).hexdigest()
+
+
+def _duration(path: Path) -> float | None:
+    try:
+        with av.open(str(path)) as container:
+            return container.duration / av.time_base if container.duration else None
+    except av.error.FFmpegError:
+        return None
+
+
+class Decode(Dataset):
+    """Decodes one video per item in DataLoader workers: its moments' frames (``WindowSelector``) and one thumbnail
+    strip per moment; a failure becomes a reason, never a zero sample."""
+
+    def __init__(self, paths: Sequence[Path], settings: SamplerSettings, window: float | None) -> None:
+        self.paths, self.settings, self.window = list(paths), settings, window
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        path, s = self.paths[i], self.settings
+        windows = WindowSelector(self.window or math.inf, s.fps, s.max_frames)
+        try:
+            sampled = sample_frames(
+                path, s.fps, s.max_frames, s.mode, transform=resize_crop(s.image_size), select=windows
+            )
+        except Exception as err:  # reported by path with its reason; the run goes on
+            return {"index": i, "error": f"{type(err).__name__}: {err}"}
+        thumbs = resize(sampled.frames, [THUMB_HEIGHT, THUMB_HEIGHT], antialias=True)  # [T,3,h,h]
+        counts = [w.count for w in windows.windows]
+        strips = [torch.cat(list(moment), dim=2) for moment in thumbs.split(counts)]  # [3,h,count*h] each
+        return {
+            "index": i,
+            "frames": sampled.frames,
+            "timestamps": sampled.timestamps,
+            "windows": windows.windows,
+            "duration": _duration(path),
+            "jpegs": [encode_jpeg(strip, quality=85) for strip in strips],
+        }
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto": the first GPU when there is one, else the CPU; anything else as torch reads it ("cpu", "cuda:1")."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise VideoIndexError(f"--device {device}: no CUDA GPU is visible here (use --device auto or cpu)")
+    return resolved
+
+
+class _Video:
+    """A decoded video whose moments are being encoded; complete once every moment has its feature row."""
+
+    def __init__(self, path: Path, item: dict) -> None:
+        self.path, self.item = path, item
+        counts = [w.count for w in item["windows"]]
+        self.frames = item["frames"].split(counts)  # [count,3,S,S] per moment
+        self.timestamps = item["timestamps"].split(counts)
+        self.rows: list[dict[str, Tensor] | None] = [None] * len(counts)
+
+    def moments(self, folder: Path) -> list[tuple[dict[str, Any], dict[str, Tensor]]]:
+        """(entry, feature row) of every moment; writes the thumbnails."""
+        stat, windows = self.path.stat(), self.item["windows"]
+        out = []
+        for k, (w, row) in enumerate(zip(windows, self.rows, strict=True)):
+            vid = entry_id(str(self.path), stat.st_size, stat.st_mtime_ns, k)
+            (folder / THUMBS / f"{vid}.jpg").write_bytes(self.item["jpegs"][k].numpy().tobytes())
+            timestamps = self.timestamps[k].tolist()
+            entry = IndexEntry(
+                str(self.path), stat.st_size, stat.st_mtime_ns, self.item["duration"], timestamps, f"{vid}.jpg", vid,
+                window=k, moments=len(windows), start=round(w.start, 3), end=round(w.end, 3),
+            )  # fmt: skip
+            out.append((asdict(entry), row))
+        return out
+
+
+class Encoder:
+    """Encodes decoded videos' moments ``batch_size`` at a time (a long video spreads over several batches, short
+    ones share one) and hands each complete video's rows to ``writer``, in the order the videos came."""
+
+    def __init__(self, model: XCLIP, update: Update, writer: IndexWriter) -> None:
+        self.model, self.settings, self.writer = model, update.settings, writer
+        self.batch_size, self.flush_every = update.batch_size, update.flush_every
+        self.device = next(model.parameters()).device
+        self.waiting: list[tuple[_Video, int]] = []  # moments decoded, not yet encoded (FIFO)
+        (writer.folder / THUMBS).mkdir(parents=True, exist_ok=True)
+
+    def add(self, path: Path, item: dict) -> None:
+        if "error" in item:
+            self.writer.failures[str(path)] = item["error"]
+            return
+        video = _Video(path, item)
+        self.waiting.extend((video, k) for k in range(len(video.rows)))
+        while len(self.waiting) >= self.batch_size:
+            self.encode_videos(self.waiting[: self.batch_size])
+            self.waiting = self.waiting[self.batch_size :]
+
+    def finish(self) -> None:
+        if self.waiting:
+            self.encode_videos(self.waiting)
+            self.waiting = []
+
+    @torch.no_grad()
+    def encode_videos(self, chunk: list[tuple[_Video, int]]) -> None:
+        frames, mask = (
+            torch.stack(x)
+            for x in zip(*(pad_frames(v.frames[k], self.settings.max_frames) for v, k in chunk), strict=True)
+        )
+        device = self.device
+        with torch.autocast(device.type, torch.float16, enabled=device.type == "cuda"):
+            video = self.model.encode_video(frames.to(device, non_blocking=True), mask.to(device, non_blocking=True))
+        for j, (v, k) in enumerate(chunk):
+            v.rows[k] = {
+                "video": video.video[j].float().cpu(),
+                "frames": video.frames[j].float().cpu(),
+                "frame_mask": video.frame_mask[j].cpu(),
+            }
+            if k == len(v.rows) - 1:
+                self.writer.add_video(v.moments(self.writer.folder), self.flush_every)
+
+
+def loader(todo: list[Path], update: Update, pin: bool) -> DataLoader:
+    """Decoding workers, one video per item, prefetching while the model encodes."""
+    return DataLoader(
+        Decode(todo, update.settings, update.window),
+        batch_size=None,
+        num_workers=update.workers,
+        worker_init_fn=worker_init,
+        pin_memory=pin,
+        prefetch_factor=4 if update.workers else None,
+    )
+
+
+def encode_videos(model: XCLIP, todo: list[Path], update: Update, writer: IndexWriter, progress: bool) -> None:
+    """Decode ``todo`` in DataLoader workers and encode it into ``writer`` (one process)."""
+    encoder = Encoder(model, update, writer)
+    batches = loader(todo, update, encoder.device.type == "cuda")
+    with tqdm(total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=not progress) as bar:
+        for item in batches:
+            bar.update(1)
+            encoder.add(todo[item["index"]], item)
+        encoder.finish()
