@@ -1,11 +1,18 @@
-"""Start-up cost of searching a large index: ``VideoIndex.load`` (manifest parse, every shard's checksum and row
-ids, memory maps, the IVF stage) on a synthetic index of N moments written through the real writer.
+"""Start-up and update costs of a large index: open (``VideoIndex.load``), the first query after it, and
+publishing one more video, on synthetic indexes of N moments written through the real store and writer.
 
-    .venv/bin/python bench/index_load.py --moments 100000
+    .venv/bin/python bench/index_load.py                                   # 10,000 and 100,000 moments
+    .venv/bin/python bench/index_load.py --sizes 1000000 --scratch /tmp/ix  # the 1M row: written once, kept
 
-Writes fp16 shards (``--half``) and the approximate first stage, as ``index`` does from 100,000 moments, with
-made-up entries (paths, timestamps) of the size real ones have; loads it twice (cold-ish and warm page cache) and
-reports the time of each part. Prints a table and one JSON line.
+Each index holds one-hour videos in 30 s moments (120 moments of 12 frames, D=512, fp16 rows, as ``index --half``
+writes them), made-up paths and timestamps of the size real ones have, and from 100,000 moments the approximate
+(FAISS IVF) first stage, as ``index`` builds it. Per size: ``load_s`` (open the index with a model whose fingerprint
+is known: what ``search`` pays before its first query), ``first_query_s`` (the first ``search`` after it: the
+first stage read and verified, the candidates' rows read and verified), ``publish_one_s`` (one more video of 120
+moments published into the index: its shard written, one transaction, the approximate stage left as it is, as an
+update that adds one video does), and the database and shard sizes. Prints a table and one JSON line per size.
+Targets (issue 17): at 1,000,000 moments load < 1 s, publish one < 2 s, first query < 1 s; load at 1M within 2x of
+load at 10k.
 """
 
 from __future__ import annotations
@@ -23,100 +30,123 @@ import torch.nn.functional as F
 
 from xclip_lightning.index.ann import update_approximate
 from xclip_lightning.index.encode import model_fingerprint
-from xclip_lightning.index.store import INDEX_VERSION, IndexWriter, check, entry_id, read_manifest
+from xclip_lightning.index.records import IndexEntry, entry_id
+from xclip_lightning.index.store import DATABASE, IndexStore, writer_lock
 from xclip_lightning.index.video_index import VideoIndex
+from xclip_lightning.index.writer import IndexWriter
 from xclip_lightning.model.tiny import build_tiny_clip
 from xclip_lightning.model.xclip import XCLIP
 
-D, T = 512, 12
+D, T, PER_VIDEO = 512, 12, 120  # ViT-B's width, 12 frames a moment, one-hour videos in 30 s moments
 
 
-def write_index(folder: Path, n: int, model: XCLIP) -> None:
-    header = {
-        "format_version": INDEX_VERSION,
-        "model_fingerprint": model_fingerprint(model),
-        "model_dir": None,
+def video_rows(video: int, generator: torch.Generator) -> list[tuple[IndexEntry, dict[str, torch.Tensor]]]:
+    """The 120 moments of made-up video number ``video``."""
+    path = f"/data/videos/camera-{video // 100:03d}/recording-{video:06d}.mp4"
+    size, mtime = 1_000_000_000 + video, 1_700_000_000_000_000_000 + video
+    frames = F.normalize(torch.randn(PER_VIDEO, T, D, generator=generator), dim=-1)
+    rows = []
+    for k in range(PER_VIDEO):
+        start = 30.0 * k
+        entry = IndexEntry(
+            path, size, mtime, 3600.0, [start + 2.5 * j for j in range(T)], entry_id(path, size, mtime, k), k,
+            PER_VIDEO, start, start + 30.0, thumb_sha256="0" * 64,
+        )  # fmt: skip
+        video_vector = F.normalize(frames[k].mean(0), dim=0)
+        rows.append((entry, {"video": video_vector, "frames": frames[k], "frame_mask": torch.ones(T, dtype=bool)}))
+    return rows
+
+
+def write_index(folder: Path, moments: int, fingerprint: str) -> float:
+    """An index of ``moments`` moments in ``folder`` through the real writer; returns the seconds it took."""
+    start = time.perf_counter()
+    meta = {
+        "model_fingerprint": fingerprint,
+        "model": None,
         "videos": "/data/videos",
         "sampler": {"fps": 1.0, "max_frames": T, "mode": "timestamp", "image_size": 224},
         "window": 30.0,
         "feature_dtype": "float16",
     }
-    writer = IndexWriter(folder, header, [], {})
+    folder.mkdir(parents=True)
     generator = torch.Generator().manual_seed(0)
-    per_video = 120  # one-hour videos, 30 s moments
-    for first in range(0, n, 2048):
-        rows = []
-        for i in range(first, min(n, first + 2048)):
-            video, k = divmod(i, per_video)
-            path = f"/data/videos/camera-{video // 100:03d}/recording-{video:06d}.mp4"
-            vid = entry_id(path, 1_000_000 + video, 1_700_000_000_000_000_000 + video, k)
-            start = 30.0 * k
-            entry = {
-                "path": path, "size": 1_000_000 + video, "mtime_ns": 1_700_000_000_000_000_000 + video,
-                "duration": 3600.0, "timestamps": [start + 2.5 * j for j in range(T)], "thumbnail": f"{vid}.jpg",
-                "id": vid, "shard": "", "row": -1, "window": k, "moments": per_video, "start": start,
-                "end": start + 30.0,
-            }  # fmt: skip
-            frames = F.normalize(torch.randn(T, D, generator=generator), dim=-1)
-            features = {
-                "video": F.normalize(frames.mean(0), dim=0),
-                "frames": frames,
-                "frame_mask": torch.ones(T, dtype=torch.bool),
-            }
-            rows.append((entry, features))
-        writer.pending.extend(rows)
-        writer.flush()  # a publish every 2048 moments, as a build does
-    update_approximate(writer, "on")
+    with writer_lock(folder):
+        store = IndexStore.create(folder, meta)
+        writer = IndexWriter(store, torch.float16, meta=meta)
+        writer.record_files = lambda names: None  # no thumbnails are written here
+        for video in range(moments // PER_VIDEO):
+            writer.add_video(video_rows(video, generator))
+        writer.flush()
+        update_approximate(store, "auto")
+        store.close()
+    return time.perf_counter() - start
 
 
-def main(argv: list[str]) -> dict:
+def measure(folder: Path, model: XCLIP, fingerprint: str) -> dict:
+    start = time.perf_counter()
+    index = VideoIndex.load(folder, model, fingerprint)
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    hits = index.search("a red circle moves left", k=10)
+    first_query_s = time.perf_counter() - start
+    assert len(hits[0]) == 10
+    start = time.perf_counter()
+    index.search("a blue square appears", k=10)
+    second_query_s = time.perf_counter() - start
+    count = len(index)
+    # publish one more video, as an update that adds one does
+    generator = torch.Generator().manual_seed(count)
+    start = time.perf_counter()
+    with writer_lock(folder):
+        store = IndexStore.open(folder)
+        writer = IndexWriter(store, torch.float16, meta=store.meta)
+        writer.record_files = lambda names: None
+        writer.add_video(video_rows(10_000_000 + count, generator))
+        writer.finish(Path("/data/videos"), "auto")
+        store.close()
+    publish_one_s = time.perf_counter() - start
+    return {
+        "moments": count,
+        "load_s": round(load_s, 3),
+        "first_query_s": round(first_query_s, 3),
+        "second_query_s": round(second_query_s, 4),
+        "publish_one_s": round(publish_one_s, 3),
+        "first_stage": index._stage.backend if index._stage is not None else "exhaustive",
+        "database_mb": round((folder / DATABASE).stat().st_size / 2**20, 1),
+        "shards_mb": round(sum(p.stat().st_size for p in (folder / "shards").iterdir()) / 2**20),
+    }
+
+
+def main(argv: list[str]) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--moments", type=int, default=100_000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--scratch", type=Path, help="keep the indexes here (reused when present) instead of /tmp")
     args = parser.parse_args(argv)
-    root = Path(tempfile.mkdtemp(prefix="xclip-load-"))
+    root = args.scratch or Path(tempfile.mkdtemp(prefix="xclip-load-"))
+    results = []
     try:
-        clip = build_tiny_clip(root / "clip", ["a red circle moves left"] * 20, seed=0, embed_dim=D)  # ViT-B's 512
-        model = XCLIP.from_clip(str(clip), max_words=32, max_frames=T)
-        start = time.perf_counter()
-        write_index(root / "index", args.moments, model)
-        build_s = time.perf_counter() - start
-        manifest_mb = (root / "index" / "manifest.json").stat().st_size / 2**20
-        shards_mb = sum(p.stat().st_size for p in (root / "index" / "shards").iterdir()) / 2**20
-        runs = []
-        for _ in range(2):
-            start = time.perf_counter()
-            manifest = read_manifest(root / "index")
-            parse_s = time.perf_counter() - start
-            start = time.perf_counter()
-            check(root / "index", manifest)
-            check_s = time.perf_counter() - start
-            start = time.perf_counter()
-            index = VideoIndex.load(root / "index", model=model)
-            load_s = time.perf_counter() - start
-            start = time.perf_counter()
-            index.search("a red circle moves left", k=10)
-            first_query_s = time.perf_counter() - start
-            runs.append({"parse_manifest_s": round(parse_s, 2), "check_s": round(check_s, 2),
-                         "load_s": round(load_s, 2), "first_query_s": round(first_query_s, 3)})  # fmt: skip
-        result = {
-            "bench": "index_load",
-            "moments": args.moments,
-            "write_s": round(build_s, 1),
-            "manifest_mb": round(manifest_mb, 1),
-            "shards_mb": round(shards_mb, 1),
-            "runs": runs,
-        }
-        print(
-            f"{args.moments} moments: manifest {manifest_mb:.0f} MB, shards {shards_mb:.0f} MB (fp16), written in "
-            f"{build_s:.0f} s"
-        )
-        for i, run in enumerate(runs):
-            print(f"  load {i + 1}: {run['load_s']} s in all (manifest parse {run['parse_manifest_s']} s, checks "
-                  f"{run['check_s']} s), first query {run['first_query_s']} s")  # fmt: skip
-        print(json.dumps(result))
-        return result
+        clip = build_tiny_clip(root / "clip", ["a red circle moves left"] * 20, seed=0, embed_dim=D)
+        model = XCLIP.from_clip(str(clip), max_words=32, max_frames=T).eval()
+        fingerprint = model_fingerprint(model)
+        for size in args.sizes:
+            folder = root / f"index-{size}"
+            written = None
+            if not (folder / DATABASE).is_file():
+                shutil.rmtree(folder, ignore_errors=True)
+                written = round(write_index(folder, size, fingerprint), 1)
+            result = {**measure(folder, model, fingerprint), "write_s": written}
+            results.append(result)
+            print(
+                f"{result['moments']:>9,} moments: load {result['load_s']:.3f} s, first query "
+                f"{result['first_query_s']:.3f} s ({result['first_stage']}), next query {result['second_query_s']:.4f}"
+                f" s, publish one video {result['publish_one_s']:.3f} s; database {result['database_mb']} MB, shards "
+                f"{result['shards_mb']} MB" + (f"; written in {written} s" if written else "")
+            )
+            print(json.dumps({"bench": "index_load", **result}))
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if args.scratch is None:
+            shutil.rmtree(root, ignore_errors=True)
+    return results
 
 
 if __name__ == "__main__":

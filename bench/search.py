@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from xclip_lightning.index import ann
+from xclip_lightning.index.ranking import CoarseSearch, rank_videos
 from xclip_lightning.index.store import mapped_features, write_shard
-from xclip_lightning.index.video_index import CoarseSearch, rank_videos
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
 
 D, L, T = 512, 32, 12

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: escape sequences, bells, carriage returns
 
@@ -58,24 +59,41 @@ def export(argv: Sequence[str]) -> None:
 
 def index(argv: Sequence[str]) -> None:
     """Sample and encode every video under a folder into an index; re-running encodes only new or changed files."""
+    from xclip_lightning.index.plan import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW, DEFAULT_WORKERS
+
     parser = argparse.ArgumentParser(prog="xclip-lightning index", description=index.__doc__)
     parser.add_argument(
         "--model",
-        required=True,
         help="a folder written by export (the full X-CLIP score), or any CLIP folder or hub name (zero-shot)",
     )
-    parser.add_argument("--videos", required=True, help="folder searched recursively for video files")
-    parser.add_argument("--out", required=True, help="index folder (created, or updated when it exists)")
+    parser.add_argument("--videos", help="folder searched recursively for video files")
+    parser.add_argument("--out", help="index folder (created, or updated when it exists)")
+    parser.add_argument(
+        "--verify",
+        metavar="INDEX",
+        help="check every file of the index INDEX (shards, entries, thumbnails) and drop what is damaged; the next "
+        "`index` encodes those videos again",
+    )
     parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
     parser.add_argument(
         "--window",
         type=_non_negative_float,
-        default=30.0,
+        default=DEFAULT_WINDOW,
         help="seconds per searchable moment of a long video; a clip under 1.5 windows stays one moment; 0: one "
-        "moment per file (default 30)",
+        f"moment per file (default {DEFAULT_WINDOW:g})",
     )
-    parser.add_argument("--batch-size", type=_positive, default=8, help="moments encoded together")
-    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"moments encoded together (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"decoding processes (default {DEFAULT_WORKERS}: this machine's cores, at most 8)",
+    )
     parser.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
     parser.add_argument(
         "--approximate",
@@ -95,26 +113,27 @@ def index(argv: Sequence[str]) -> None:
         "(without it such an update stops: a wrong --videos or a drive not mounted would empty the index)",
     )
     args = parser.parse_args(argv)
+    if args.verify:
+        return _verify(args.verify)
+    missing = [f"--{name}" for name in ("model", "videos", "out") if getattr(args, name) is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)} (or --verify INDEX)")
     from xclip_lightning.index.video_index import VideoIndex
 
     built = VideoIndex.build(
-        args.model, args.videos, args.out, args.fps, args.batch_size, args.workers, window=args.window,
-        device=args.device, approximate=args.approximate, half=args.half, devices=args.devices,
-        num_nodes=args.num_nodes, prune=args.prune,
+        args.model, args.videos, args.out, fps=args.fps, batch_size=args.batch_size, workers=args.workers,
+        window=args.window or None, device=args.device, approximate=args.approximate, half=args.half,
+        devices=args.devices, num_nodes=args.num_nodes, prune=args.prune,
     )  # fmt: skip
     if built.rank != 0:
         return
     out = terminal_safe(args.out)
     videos = len({e.path for e in built.entries})
-    print(
-        f"{out}: {videos} videos indexed as {len(built.entries)} moments ({built.encoded} new, changed or repaired "
-        f"videos encoded now)"
-    )
+    print(f"{out}: {videos} videos indexed as {len(built)} moments ({built.encoded} new or changed videos encoded now)")
     if built.removed:
         print(f"{built.removed} video(s) removed: their files are gone")
     for title, lines in (
-        ("entr(ies) of the previous version did not agree with the index files and were redone", built.repaired),
-        ("file(s) could not be indexed", [f"{path}: {reason}" for path, reason in built.failures.items()]),
+        ("file(s) could not be indexed", [f"{path}: {reason}" for path, reason in built.report.failures.items()]),
         ("folder(s) could not be read", built.unreadable),
     ):
         if lines:
@@ -123,14 +142,38 @@ def index(argv: Sequence[str]) -> None:
                 print(f"  {terminal_safe(line)}")
 
 
+def _verify(folder: str) -> None:
+    from xclip_lightning.index.store import IndexStore
+    from xclip_lightning.index.verify import verify_index
+
+    found = verify_index(folder)
+    if not found.problems:
+        print(f"{terminal_safe(folder)}: all {found.checked} moments, their shards and thumbnails are as written")
+        return
+    print(f"{terminal_safe(folder)}: {len(found.problems)} problem(s):")
+    for line in found.problems:
+        print(f"  {terminal_safe(line)}")
+    meta = IndexStore.open(folder).meta
+    print(
+        f"dropped {found.dropped} moment(s) of {len(found.videos)} video(s); to encode them again run:\n"
+        f"  xclip-lightning index --model {meta.get('model')} --videos {meta.get('videos')} --out {folder}"
+    )
+    raise SystemExit(1)
+
+
 def search(argv: Sequence[str]) -> None:
     """Rank the indexed videos for each text query by the full X-CLIP score."""
+    from xclip_lightning.index.ranking import DEFAULT_CANDIDATES
+
     parser = argparse.ArgumentParser(prog="xclip-lightning search", description=search.__doc__)
     parser.add_argument("queries", nargs="+", help="one or more text queries")
     parser.add_argument("--index", required=True, help="folder written by xclip-lightning index")
     parser.add_argument("--top-k", type=_positive, default=10, help="results per query (default 10)")
     parser.add_argument(
-        "--candidates", type=_at_least_zero, default=200, help="re-scored per query; 0 = score every video"
+        "--candidates",
+        type=_at_least_zero,
+        default=DEFAULT_CANDIDATES,
+        help=f"moments re-scored with the full score per query; 0 = score every moment (default {DEFAULT_CANDIDATES})",
     )
     parser.add_argument("--min-score", type=float, default=None, help="drop hits scoring below this (logits)")
     parser.add_argument("--per-video", type=_positive, default=None, help="at most N moments of one video")
@@ -140,6 +183,8 @@ def search(argv: Sequence[str]) -> None:
     output.add_argument("--jsonl", action="store_true", help="print one JSON object per hit (query, rank, id, ...)")
     parser.add_argument("--html", help="also write an HTML page with the sampled frames of each result")
     args = parser.parse_args(argv)
+    if args.html and not Path(args.html).parent.is_dir():
+        parser.error(f"--html {args.html}: the folder {Path(args.html).parent} does not exist")
     from xclip_lightning.index.video_index import VideoIndex, scorer_name
 
     found = VideoIndex.load(args.index, model=args.model)
@@ -165,7 +210,8 @@ def search(argv: Sequence[str]) -> None:
     if args.html:
         from xclip_lightning.index.report import write_html
 
-        print(f"wrote {terminal_safe(write_html(args.html, args.index, args.queries, hits, scorer))}")
+        page = write_html(args.html, args.index, args.queries, hits, scorer, found.thumbnail)
+        print(f"wrote {terminal_safe(page)}")
 
 
 def _clock(seconds: float) -> str:

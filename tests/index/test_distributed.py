@@ -16,7 +16,7 @@ import pytest
 import torch
 from test_video_index import setup  # noqa: F401  (the module fixture: a saved model and a folder of synthetic videos)
 
-from xclip_lightning.index.store import writer_lock
+from xclip_lightning.index.store import IndexStore, is_index, writer_lock
 from xclip_lightning.index.video_index import VideoIndex
 
 WINDOW = 2.0
@@ -31,10 +31,10 @@ def index_with_two_processes(model: Path, videos: Path, out: Path) -> str:
 
 
 def assert_same_index(got: VideoIndex, want: VideoIndex) -> None:
-    key = {(e.path, e.window): i for i, e in enumerate(want.entries)}
-    assert sorted(key) == sorted((e.path, e.window) for e in got.entries)
+    key = {(e.path, e.moment): i for i, e in enumerate(want.entries)}
+    assert sorted(key) == sorted((e.path, e.moment) for e in got.entries)
     for i, entry in enumerate(got.entries):
-        j = key[(entry.path, entry.window)]
+        j = key[(entry.path, entry.moment)]
         other = want.entries[j]
         for field in ("id", "start", "end", "timestamps", "duration", "size", "mtime_ns", "moments", "thumbnail"):
             assert getattr(entry, field) == getattr(other, field), field
@@ -57,8 +57,7 @@ def test_two_processes_build_and_update_the_index_one_process_builds(setup, tmp_
     assert "6 videos indexed as" in printed and "1 file(s) could not be indexed" in printed
     assert not (tmp_path / "two" / "parts").exists() or not list((tmp_path / "two" / "parts").iterdir())
     two = VideoIndex.load(tmp_path / "two")
-    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
-    assert len(manifest["shards"]) == 2  # each rank encoded its share into its own shard
+    assert len(IndexStore.open(tmp_path / "two").shard_names()) == 2  # each rank encoded its share into its own shard
     assert_same_index(two, single)
     for got, want in zip(two.search(captions, k=4), single.search(captions, k=4), strict=True):
         assert [(h.path, h.start) for h in got] == [(h.path, h.start) for h in want]
@@ -70,7 +69,7 @@ def test_two_processes_build_and_update_the_index_one_process_builds(setup, tmp_
     single = VideoIndex.build(model, videos, tmp_path / "one", workers=0, progress=False, window=WINDOW)
     assert single.encoded == 1
     printed = index_with_two_processes(model, videos, tmp_path / "two")
-    assert "(1 new, changed or repaired videos encoded now)" in printed
+    assert "(1 new or changed videos encoded now)" in printed
     assert_same_index(VideoIndex.load(tmp_path / "two"), single)
 
 
@@ -82,7 +81,7 @@ def test_a_busy_index_stops_every_rank_with_rank_zeros_reason(setup, tmp_path): 
         command += ["--out", str(out), "--devices", "2", "--device", "cpu", "--workers", "0"]
         run = subprocess.run(command, capture_output=True, text=True, timeout=300)  # no rank left waiting
     assert run.returncode != 0 and "is being updated by another `xclip-lightning index`" in run.stderr
-    assert not (out / "manifest.json").exists()
+    assert not is_index(out)
 
 
 SLOW_DISTRIBUTED_INDEX = """
@@ -121,12 +120,12 @@ def test_a_killed_multi_process_build_resumes_from_what_its_ranks_finished(setup
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)  # both ranks, at once
     process.wait()
-    assert not (out / "manifest.json").exists()  # nothing was published
+    assert IndexStore.open(out).version() == 0  # nothing was published
     done = {e["path"] for p in parts.glob("*.json") for e in json.loads(p.read_text())["entries"]}
     assert 2 <= len(done) < 6
 
     printed = index_with_two_processes(model, videos, out)
-    assert f"({6 - len(done)} new, changed or repaired videos encoded now)" in printed  # the rest only
+    assert f"({6 - len(done)} new or changed videos encoded now)" in printed  # the rest only
     single = VideoIndex.build(model, videos, tmp_path / "one", workers=0, progress=False, window=WINDOW)
     assert_same_index(VideoIndex.load(out), single)
     assert not list(parts.iterdir())

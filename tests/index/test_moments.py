@@ -205,8 +205,8 @@ def test_real_videos_become_consecutive_moments_of_the_frames_the_sampler_gives(
             inside = [t for t in every if edges[k] <= t < edges[k + 1] or (k == count - 1 and t >= edges[k])]
             if inside:
                 expected.append((edges[k], edges[k + 1], [inside[i] for i in linspace_indices(len(inside), 3)]))
-        moments.sort(key=lambda e: e.window)
-        assert [e.window for e in moments] == list(range(len(moments))) == list(range(moments[0].moments))
+        moments.sort(key=lambda e: e.moment)
+        assert [e.moment for e in moments] == list(range(len(moments))) == list(range(moments[0].moments))
         got = [(e.start, e.end, e.timestamps) for e in moments]
         assert len(got) == len(expected), path
         for (start, end, times), (want_start, want_end, want_times) in zip(got, expected, strict=True):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import require_or_skip
-from xclip_lightning.index.video_index import CoarseSearch, coarse_query, rank_videos
+from xclip_lightning.index.ranking import CoarseSearch, coarse_query, rank_videos
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
 
 D, L, T = 16, 6, 4

@@ -105,8 +105,14 @@ def test_wrong_model_corrupt_features_and_other_settings_are_refused(setup, tmp_
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(VideoIndexError, match=r"does not match its checksum .*Repair: run `xclip-lightning index"):
-        VideoIndex.load(tmp_path / "index")
+    index = VideoIndex.load(tmp_path / "index")  # opening reads no shard: it is checked when a query reads it
+    with pytest.raises(VideoIndexError, match=r"does not match its checksum .*Repair: `xclip-lightning index --verify"):
+        index.search(["a red circle"], k=3, candidates=None)
+    with pytest.raises(SystemExit):  # --verify reports it, drops the damaged moments ...
+        main(["index", "--verify", str(tmp_path / "index")])
+    assert len(VideoIndex.load(tmp_path / "index")) == 0
+    repaired = VideoIndex.build(model_dir, videos, tmp_path / "index", workers=0, progress=False)
+    assert repaired.encoded == 6 and len(repaired.search(["a red circle"], k=6, candidates=None)[0]) == 6
 
 
 def test_cli_export_index_search_json_and_html(setup, tmp_path, capsys):
@@ -190,7 +196,7 @@ def check_in_chromium(page: Path, expected_hits: int, tmp_path: Path) -> None:
 
 def test_faiss_and_torch_coarse_stages_pick_the_same_videos():
     require_or_skip(importlib.util.find_spec("faiss") is not None, "faiss-cpu (a dev dependency)")
-    from xclip_lightning.index.video_index import CoarseSearch
+    from xclip_lightning.index.ranking import CoarseSearch
 
     generator = torch.Generator().manual_seed(0)
     video = torch.nn.functional.normalize(torch.randn(5000, 64, generator=generator), dim=-1)

@@ -4,15 +4,20 @@
 4 sqrt(N)) and stored in fp16 (1 KB per 512-d vector); a query scans the ``nprobe`` lists nearest to it instead of
 every vector. The full X-CLIP score then re-ranks the candidates it returns, as after the exact first stage.
 
-Inside a video index (``index_store.py``) it is one immutable file ``ann/<token>.faiss`` named in the manifest; the
-FAISS ids of its vectors are the entries' ids (``entry_key``), so an update removes the vectors of deleted or
-changed moments and adds the new ones without retraining. It is trained again when the collection has grown
-``RETRAIN_GROWTH`` times past what it was trained on (its centroids would no longer fit the data).
+Inside a video index (``store.py``) it is one immutable file ``ann/<token>.faiss`` recorded with its SHA-256; the
+FAISS ids of its vectors are the entries' keys (``entry_key``). Moments added since it was written (the entries not
+``in_ann``) are scored exactly beside it, and ids of moments dropped since are skipped, so an update does not
+rewrite it until ``ANN_REFRESH`` moments have changed: then the dropped vectors are removed and the new ones added
+without retraining. It is trained again when the collection has grown ``RETRAIN_GROWTH`` times past what it was
+trained on (its centroids would no longer fit the data).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,24 +26,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xclip_lightning.index.ranking import CoarseSearch
-from xclip_lightning.index.store import ANN, IndexWriter, VideoIndexError, check_ann, load_features, write_ann
+from xclip_lightning.index.shards import ShardReader, fsync_write
+from xclip_lightning.index.store import ANN, IndexStore, VideoIndexError
 
 ANN_MIN_ROWS = 100_000  # "auto" builds the approximate index from this many moments (bench/search.py: below it
 # the exact first stage costs under 25 ms a query)
 RETRAIN_GROWTH = 8
 TRAIN_SAMPLE = 100_000  # vectors k-means is trained on (FAISS wants 39 x nlist at least)
 DEFAULT_NPROBE = 64
-
-
-def entry_key(entry_id: str) -> int:
-    """The FAISS id (int64 >= 0) of an entry id (16 hex digits)."""
-    return int(entry_id, 16) & ((1 << 63) - 1)
-
-
-def entry_keys(entries: list[dict[str, Any]]) -> np.ndarray:
-    """The FAISS ids of index entries, in their order."""
-    return np.array([entry_key(e["id"]) for e in entries], dtype=np.int64)
+ANN_REFRESH = 20_000  # moments added or dropped since the IVF file was written before an update rewrites it (the
+# added ones are scored exactly at every query meanwhile: about 2 ms at this count)
+GATHER_BLOCK = 65536  # vectors read from the shards at a time
 
 
 def _faiss():
@@ -87,107 +85,134 @@ def write(index: Any, path: str) -> None:
     _faiss().write_index(index, path)
 
 
-def read(path: str) -> Any:
-    return _faiss().read_index(path)
+def read(path: Path, sha256: str) -> Any:
+    """The IVF index in ``path``, after checking its bytes against ``sha256`` (read once, hashed, deserialised)."""
+    data = np.fromfile(path, dtype=np.uint8)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise VideoIndexError(f"{path} does not match its checksum")
+    return _faiss().deserialize_index(data)
+
+
+class ExactStage:
+    """Top K moments by the coarse score over every video vector (one matrix product)."""
+
+    backend = "torch"
+
+    def __init__(self, keys: np.ndarray, vectors: Tensor) -> None:
+        self.keys, self.vectors = keys, vectors
+
+    def topk(self, query: Tensor, k: int) -> np.ndarray:
+        """query [D] (from ``coarse_query``) -> the keys of the best ``k`` moments, best first."""
+        k = min(k, len(self.keys))
+        return self.keys[(self.vectors @ query).topk(k).indices.numpy()] if k else self.keys[:0]
 
 
 class ApproximateSearch:
-    """Top K rows by the coarse score from an IVF index whose ids are ``keys[row]``: the same ``topk`` as
-    ``CoarseSearch``. Rows the IVF index does not hold yet (a version published in the middle of an update) are
-    scored exactly from ``extra_vectors`` and merged by score; ids it holds that are not rows any more are skipped."""
+    """Top K moments by the coarse score from an IVF index whose FAISS ids are entry keys, merged with the moments
+    it does not hold yet (``extra_keys`` / ``extra_vectors``, scored exactly); ids of moments dropped since it was
+    written (``removed``) are skipped."""
 
     backend = "faiss-ivf"
 
     def __init__(
         self,
         index: Any,
-        keys: np.ndarray,
+        extra_keys: np.ndarray,
+        extra_vectors: Tensor,
         nprobe: int = DEFAULT_NPROBE,
-        extra_rows: Tensor | None = None,
-        extra_vectors: Tensor | None = None,
+        removed: np.ndarray | None = None,
     ) -> None:
-        self.index = index
+        self.index, self.extra_keys, self.extra_vectors = index, extra_keys, extra_vectors
+        self.removed = np.sort(removed) if removed is not None else np.zeros(0, dtype=np.int64)
         _faiss().extract_index_ivf(index).nprobe = nprobe
-        self.order = np.argsort(keys, kind="stable")
-        self.sorted_keys = keys[self.order]
-        self.extra_rows = extra_rows if extra_rows is not None else torch.empty(0, dtype=torch.long)
-        self.extra_vectors = extra_vectors
 
-    def rows_of(self, found: np.ndarray) -> np.ndarray:
-        """Entry rows of FAISS ids; -1 for an id that is not a row (or FAISS's -1 for 'no more results')."""
-        at = np.clip(np.searchsorted(self.sorted_keys, found), 0, len(self.sorted_keys) - 1)
-        return np.where(self.sorted_keys[at] == found, self.order[at], -1)
-
-    def topk(self, query: Tensor, k: int) -> Tensor:
-        """query [Q,D] -> rows [Q,k'] best first, k' <= k when the probed lists hold fewer than k vectors."""
-        scores, found = self.index.search(np.ascontiguousarray(query.detach().float().cpu().numpy()), k)
-        rows = self.rows_of(found)
-        results = []
-        for q in range(len(rows)):
-            valid = rows[q] >= 0
-            row, score = torch.from_numpy(rows[q][valid]), torch.from_numpy(scores[q][valid])
-            if len(self.extra_rows):
-                row = torch.cat([row, self.extra_rows])
-                score = torch.cat([score, self.extra_vectors @ query[q].float()])
-                row = row[score.argsort(descending=True, stable=True)]
-            results.append(row[:k])
-        keep = min(len(r) for r in results)
-        return torch.stack([r[:keep] for r in results])
+    def topk(self, query: Tensor, k: int) -> np.ndarray:
+        """query [D] (from ``coarse_query``) -> the keys of the best ``k`` moments, best first."""
+        wanted = min(k + len(self.removed), max(1, self.index.ntotal))  # dropped ids may take places
+        scores, found = self.index.search(np.ascontiguousarray(query.detach().float().cpu().numpy()[None]), wanted)
+        valid = (found[0] >= 0) & ~np.isin(found[0], self.removed)
+        keys, scores = found[0][valid], scores[0][valid]
+        if len(self.extra_keys):
+            keys = np.concatenate([keys, self.extra_keys])
+            scores = np.concatenate([scores, (self.extra_vectors @ query.float()).numpy()])
+            keys = keys[np.argsort(-scores, kind="stable")]
+        return keys[:k]
 
 
-def approximate_stage(folder: Path, manifest: dict, entries: list[dict[str, Any]]) -> CoarseSearch | ApproximateSearch:
-    """The index's IVF first stage, with the moments it does not hold yet scored exactly; the exact first stage
-    (with a warning saying why) when faiss is missing or the files do not match their checksums."""
-    record, problem = check_ann(folder, manifest)
-    if problem or not available():
-        reason = problem or "faiss is not installed (pip install faiss-cpu)"
+def _vectors(store: IndexStore, reader: ShardReader, where: str = "") -> tuple[np.ndarray, Tensor]:
+    """(keys [N], video vectors [N,D]) of the entries (``where``: a SQL condition), read a block at a time."""
+    locations = store.locations(where)
+    keys = np.array([place.key for place in locations], dtype=np.int64)
+    blocks = [
+        reader.gather([(p.shard, p.row, p.id) for p in locations[start : start + GATHER_BLOCK]], ("video",))["video"]
+        for start in range(0, len(locations), GATHER_BLOCK)
+    ]
+    return keys, torch.cat(blocks) if blocks else torch.zeros(0, 0)
+
+
+def first_stage(store: IndexStore, reader: ShardReader) -> ExactStage | ApproximateSearch:
+    """The index's first stage: its IVF index with the moments it does not hold yet scored exactly, or the exact
+    stage (every video vector) when it has none, or (with a warning saying why) when faiss is missing or the file
+    does not match its checksum."""
+    record = store.meta.get("ann")
+    if record:
+        problem = None if available() else "faiss is not installed (pip install faiss-cpu)"
+        if problem is None:
+            try:
+                index = read(store.folder / ANN / record["file"], record["sha256"])
+            except (OSError, VideoIndexError, RuntimeError, KeyError) as err:
+                problem = str(err)
+        if problem is None:
+            removed = np.array(store.ann_removed(), dtype=np.int64)
+            return ApproximateSearch(index, *_vectors(store, reader, "in_ann = 0"), removed=removed)
         warnings.warn(
-            f"{folder}: the approximate first stage is not usable ({reason}): every video vector is scored instead "
-            f"(exact, slower); running `xclip-lightning index` again rebuilds it",
+            f"{store.folder}: the approximate first stage is not usable ({problem}): every video vector is scored "
+            f"instead (exact, slower); `xclip-lightning index` rebuilds it",
             RuntimeWarning,
             stacklevel=3,
         )
-        return CoarseSearch(load_features(folder, entries, ("video",))["video"], "torch")
-    stored = np.load(folder / ANN / record["files"][1])
-    keys = entry_keys(entries)
-    missing = np.nonzero(~np.isin(keys, stored))[0]
-    extra = load_features(folder, [entries[i] for i in missing], ("video",))["video"] if len(missing) else None
-    return ApproximateSearch(
-        read(str(folder / ANN / record["files"][0])),
-        keys,
-        extra_rows=torch.from_numpy(missing),
-        extra_vectors=extra,
-    )
+    return ExactStage(*_vectors(store, reader))
 
 
-def update_approximate(writer: IndexWriter, mode: str) -> None:
-    """Bring the approximate first stage in line with the entries, then publish: remove the vectors
-    of moments that are gone, add the new ones; (re)train when there is none yet or the collection has outgrown
-    it; drop it when the collection is under the threshold (``auto``) or it is turned off."""
-    entries = list(writer.entries.values())
-    wanted = mode == "on" or (mode == "auto" and len(entries) >= ANN_MIN_ROWS)
-    if not wanted or not entries or not available():
-        writer.ann = None
-        writer.publish()
-        if wanted and mode == "on":
+def update_approximate(store: IndexStore, mode: str) -> None:
+    """Bring the approximate first stage in line with the entries: none under ``ANN_MIN_ROWS`` moments (``auto``)
+    or when ``off``; built when there is none yet or the collection has outgrown it; brought up to date once
+    ``ANN_REFRESH`` moments were added or dropped since it was written (before that they are merged at query
+    time). Each change is one published version."""
+    count, record = store.count(), store.meta.get("ann")
+    wanted = mode == "on" or (mode == "auto" and count >= ANN_MIN_ROWS)
+    if not wanted or not count or not available():
+        if record:
+            store.publish(meta={"ann": None}, in_ann=True)
+        if wanted and mode == "on" and not available():
             raise VideoIndexError("--approximate on needs faiss: pip install faiss-cpu (the index was saved without)")
         return
-    keys = entry_keys(entries)
-    previous = writer.ann
-    if previous and len(entries) <= RETRAIN_GROWTH * previous["trained_on"]:
-        old_keys = np.load(writer.folder / ANN / previous["files"][1])
-        gone, new = np.setdiff1d(old_keys, keys), ~np.isin(keys, old_keys)
-        if not len(gone) and not new.any():  # nothing changed: keep the files as they are
-            writer.publish()
-            return
-        index = read(str(writer.folder / ANN / previous["files"][0]))
-        remove(index, gone)
-        if new.any():
-            fresh = [e for e, is_new in zip(entries, new, strict=True) if is_new]
-            add(index, load_features(writer.folder, fresh, ("video",))["video"], keys[new])
-        trained_on = previous["trained_on"]
-    else:
-        index = build(load_features(writer.folder, entries, ("video",))["video"], keys)
-        trained_on = len(entries)
-    writer.ann = {**write_ann(writer.folder, index, keys, write), "trained_on": trained_on}
-    writer.publish()
+    reader = ShardReader(store.folder, store.shard_record)
+    index = None
+    if record and count <= RETRAIN_GROWTH * record["trained_on"]:
+        changed = store.db.execute("SELECT count(*) FROM entries WHERE in_ann = 0").fetchone()[0]
+        removed = store.ann_removed()
+        if changed + len(removed) < max(1, ANN_REFRESH):
+            return  # merged at query time until enough has changed
+        try:
+            index = read(store.folder / ANN / record["file"], record["sha256"])
+        except (OSError, VideoIndexError, RuntimeError):
+            index = None  # damaged: trained again below
+        if index is not None:
+            remove(index, np.array(removed, dtype=np.int64))
+            keys, vectors = _vectors(store, reader, "in_ann = 0")
+            add(index, vectors, keys)
+            trained_on = record["trained_on"]
+    if index is None:
+        keys, vectors = _vectors(store, reader)
+        index, trained_on = build(vectors, keys), count
+    name = f"{secrets.token_hex(16)}.faiss"
+    store.record_files([f"{ANN}/{name}"])
+    (store.folder / ANN).mkdir(parents=True, exist_ok=True)
+    tmp = store.folder / ANN / f".{name}.tmp"
+    write(index, str(tmp))
+    fsync_write(tmp)
+    os.replace(tmp, store.folder / ANN / name)
+    digest = hashlib.sha256(np.fromfile(store.folder / ANN / name, dtype=np.uint8)).hexdigest()
+    ann = {"file": name, "sha256": digest, "rows": int(index.ntotal), "trained_on": trained_on}
+    store.publish(meta={"ann": ann}, ann_files=[name], in_ann=True)

@@ -6,11 +6,11 @@ encoding its share of the videos into its own shards, rank 0 merging them into o
 
 Rank 0 takes the writer lock and plans the update (what is kept, what to encode) and broadcasts the plan; rank r
 encodes the videos ``todo[r::world]`` with the same encoder as one process (``encode.Encoder``), writing immutable
-shards and thumbnails into the index folder and its progress into ``parts/<rank>.json``; after a barrier rank 0
-publishes the kept moments plus every part as one version (then compacts, updates the approximate first stage,
-removes the parts). Nothing is published before the merge: a killed multi-process build leaves the previous
-version, and the next multi-process build resumes from the parts (what agrees with its shards and whose video is
-unchanged is kept, the rest encoded). Every node must see the same index folder.
+shards and thumbnails into the index folder and its progress into ``parts/<rank>.json`` (only rank 0 touches the
+database); after a barrier rank 0 publishes every part as one version (then compacts, updates the approximate first
+stage, removes the parts). Nothing is published before the merge: a killed multi-process build leaves the previous
+version, and the next multi-process build first publishes what the parts hold (what agrees with its shards and
+whose video is unchanged and whole), then encodes the rest. Every node must see the same index folder.
 """
 
 from __future__ import annotations
@@ -18,61 +18,112 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 
 from xclip_lightning.index.encode import Encoder, loader
-from xclip_lightning.index.plan import Plan, Update, unchanged
-from xclip_lightning.index.store import PARTS, IndexWriter, check, fsync_write, own_files, writer_lock
+from xclip_lightning.index.plan import Plan, Update
+from xclip_lightning.index.records import BuildReport, IndexEntry
+from xclip_lightning.index.shards import FEATURE_KEYS, ShardRecord, fsync_write, shard_digests, shard_name, write_shard
+from xclip_lightning.index.store import PARTS, SHARDS, THUMBS, IndexStore, own_files, writer_lock
+from xclip_lightning.index.writer import FLUSH_SECONDS, IndexWriter, Row
 from xclip_lightning.model.xclip import XCLIP
 
 
-class _PartWriter(IndexWriter):
-    """A rank's writer: shards and thumbnails as usual, but its 'version' is ``parts/<rank>.json``, which only
-    rank 0 merges (a rank never publishes the manifest or deletes files)."""
+class _PartWriter:
+    """A rank's writer: shards and thumbnails as one process writes them, but what it finished goes to
+    ``parts/<rank>.json``, which only rank 0 merges (a rank never touches the database or deletes files)."""
 
-    def __init__(self, folder: Path, header: dict[str, Any], rank: int) -> None:
-        super().__init__(folder, header, [], {})
+    def __init__(self, folder: Path, rank: int, dtype: torch.dtype, flush_every: int) -> None:
+        self.folder, self.dtype, self.flush_every = folder, dtype, flush_every
         self.part = folder / PARTS / f"{rank}.json"
+        self.entries: list[IndexEntry] = []
+        self.shards: list[ShardRecord] = []
+        self.failures: dict[str, str] = {}
+        self.pending: list[Row] = []
+        self.published_at = time.monotonic()
+        (folder / THUMBS).mkdir(parents=True, exist_ok=True)
 
-    def publish(self) -> None:
+    def record_files(self, names: list[str]) -> None:
+        """Recorded by rank 0 when it merges the part."""
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failures[path] = reason
+
+    def add_video(self, rows: list[Row]) -> None:
+        self.pending.extend(rows)
+        if len(self.pending) >= self.flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            name = shard_name()
+            tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
+            self.shards.append(write_shard(self.folder, name, tensors, [e.id for e, _ in self.pending], self.dtype))
+            self.entries += [replace(e, shard=name, row=row) for row, (e, _) in enumerate(self.pending)]
+            self.pending = []
         self.part.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.part.with_name(f".{self.part.name}.tmp")
-        fsync_write(
-            tmp,
-            json.dumps(
-                {"entries": list(self.entries.values()), "shards": self.shards, "failures": self.failures}
-            ).encode(),
-        )
+        shards = [{**asdict(s), "digests": s.digests.hex()} for s in self.shards]
+        fsync_write(tmp, json.dumps({"entries": [asdict(e) for e in self.entries], "shards": shards,
+                                     "failures": self.failures}).encode())  # fmt: skip
         os.replace(tmp, self.part)
+        self.published_at = time.monotonic()
 
 
-def _resume(folder: Path, plan: Plan) -> Plan:
-    """Take into ``plan`` what the ranks of a killed multi-process build had finished (their part files), where
-    it still agrees with its shards and its video is unchanged and complete; then remove the part files (their
-    shards are now the plan's)."""
-    parts = sorted((folder / PARTS).glob("*.json")) if (folder / PARTS).is_dir() else []
-    finished: list[dict[str, Any]] = []
-    shards: dict[str, Any] = {}
-    for part in parts:
+def _read_parts(folder: Path) -> tuple[list[IndexEntry], list[ShardRecord], dict[str, str]]:
+    """What the part files hold, keeping only shards whose bytes match their record."""
+    entries, shards, failures = [], [], {}
+    for part in sorted(own_files(folder, PARTS)):
+        if part.name.startswith("."):
+            continue
         try:
             record = json.loads(part.read_text())
-            good, _ = check(folder, {"shards": record["shards"], "entries": record["entries"]})
+            records = [ShardRecord(**{**s, "digests": bytes.fromhex(s["digests"])}) for s in record["shards"]]
+            good = {s.name for s in records if shard_digests(folder / SHARDS / s.name) == s.digests}
+            entries += [e for e in (IndexEntry(**e) for e in record["entries"]) if e.shard in good]
+            shards += [s for s in records if s.name in good]
+            failures.update(record["failures"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # unreadable: its videos are encoded again
-        finished.extend(good)
-        shards.update({e["shard"]: record["shards"][e["shard"]] for e in good})
-    if finished:
-        resumed, todo = unchanged(finished, plan.todo)
-        plan.kept.extend(resumed)
-        plan.shards.update({e["shard"]: shards[e["shard"]] for e in resumed})
-        plan.todo = todo
-    (folder / PARTS).mkdir(parents=True, exist_ok=True)
-    for stale in own_files(folder, PARTS):
-        stale.unlink()
-    return plan
+    return entries, shards, failures
+
+
+def _publish_parts(store: IndexStore, plan: Plan, update: Update, only_whole: bool) -> tuple[Plan, dict[str, str]]:
+    """Publish what the part files hold as one version (with ``only_whole``, a killed build's: only videos still
+    unchanged and whole), remove the part files; the plan without the videos published."""
+    entries, shards, failures = _read_parts(store.folder)
+    todo = {str(p): p for p in plan.todo}
+    by_video: dict[str, list[IndexEntry]] = {}
+    for e in entries:
+        by_video.setdefault(e.path, []).append(e)
+    added = []
+    for path, moments in by_video.items():
+        stat = Path(path).stat() if Path(path).is_file() else None
+        whole = (
+            stat is not None
+            and all((e.size, e.mtime_ns) == (stat.st_size, stat.st_mtime_ns) for e in moments)
+            and sorted(e.moment for e in moments) == list(range(moments[0].moments))
+        )
+        if (whole or not only_whole) and path in todo:
+            added += moments
+            todo.pop(path)
+    failures = {} if only_whole else {p: r for p, r in failures.items() if p in todo}
+    live = {e.shard for e in added}
+    store.record_files([f"{SHARDS}/{s.name}" for s in shards] + [f"{THUMBS}/{e.id}.jpg" for e in added])
+    if added:
+        store.publish(added=added, shards=[s for s in shards if s.name in live], drop_paths=failures, failures=failures,
+                      meta=update.meta())  # fmt: skip
+    for part in own_files(store.folder, PARTS):
+        part.unlink()
+    for name in {s.name for s in shards} - live:  # shards of videos that changed since: never published
+        (store.folder / SHARDS / name).unlink(missing_ok=True)
+    return replace(plan, todo=list(todo.values())), failures
 
 
 class IndexingTask(L.LightningModule):
@@ -81,8 +132,8 @@ class IndexingTask(L.LightningModule):
     def __init__(self, model: XCLIP, update: Update) -> None:
         super().__init__()
         self.model, self.update, self.out = model, update, update.out
-        self.plan = None
-        self.result: tuple[dict[str, Any], dict[str, str]] | None = None  # rank 0's merged (entries, failures)
+        self.plan: Plan | None = None
+        self.report = BuildReport()
 
     def setup(self, stage: str) -> None:
         self._lock = contextlib.ExitStack()
@@ -90,7 +141,8 @@ class IndexingTask(L.LightningModule):
         if self.global_rank == 0:
             try:
                 self._lock.enter_context(writer_lock(self.out))
-                plan = _resume(self.out, self.update.plan())
+                self.store = self._lock.enter_context(contextlib.closing(self.update.open_store()))
+                plan, _ = _publish_parts(self.store, self.update.plan(self.store), self.update, only_whole=True)
             except Exception as err:  # every rank stops with rank 0's reason (a busy index, another model ...)
                 self._lock.close()
                 plan = err
@@ -106,7 +158,8 @@ class IndexingTask(L.LightningModule):
         return batch  # the encoder moves the frames of each batch of moments itself
 
     def on_predict_start(self) -> None:
-        self.writer = _PartWriter(self.out, self.plan.header, self.global_rank)
+        dtype = getattr(torch, self.update.dtype)
+        self.writer = _PartWriter(self.out, self.global_rank, dtype, self.update.flush_every)
         self.encoder = Encoder(self.model, self.update, self.writer)
 
     def predict_step(self, item: dict, batch_idx: int) -> None:
@@ -116,30 +169,23 @@ class IndexingTask(L.LightningModule):
         self.encoder.finish()
         self.writer.flush()
         self.trainer.strategy.barrier()
+        report = None
         if self.global_rank == 0:
             try:
-                writer = self.plan.writer(self.out)
-                parts = [
-                    json.loads((self.out / PARTS / f"{r}.json").read_text()) for r in range(self.trainer.world_size)
-                ]
-                for part in parts:  # in rank order: every rank's videos, each with all its moments
-                    writer.shards.update(part["shards"])
-                    writer.failures.update(part["failures"])
-                    writer.entries.update({e["id"]: e for e in part["entries"]})
-                self.update.finish(writer)
-                for part in own_files(self.out, PARTS):
-                    part.unlink()
-                self.result = (writer.entries, writer.failures)
+                _, failures = _publish_parts(self.store, self.plan, self.update, only_whole=False)
+                writer = IndexWriter(self.store, getattr(torch, self.update.dtype), self.update.flush_every,
+                                     self.plan.gone, self.update.meta())  # fmt: skip
+                writer.failures, writer.reported = failures, set(failures)
+                writer.finish(self.update.videos, self.update.approximate)
+                report = BuildReport(len(self.plan.todo) - len(failures), len(self.plan.gone), failures,
+                                     self.plan.unreadable)  # fmt: skip
             finally:
                 self._lock.close()
-        self.result = self.trainer.strategy.broadcast(self.result, src=0)
+        self.report = self.trainer.strategy.broadcast(report, src=0)
 
 
-def build_distributed(
-    model: XCLIP, update: Update, device: str, devices: int, num_nodes: int
-) -> tuple[Plan, dict[str, dict[str, Any]], dict[str, str], int]:
-    """Run ``update`` (``plan.Update``) under DDP; returns (the plan, the merged entries by id, the failures,
-    this process's rank)."""
+def build_distributed(model: XCLIP, update: Update, device: str, devices: int, num_nodes: int) -> BuildReport:
+    """Run ``update`` under DDP; returns what was done (with this process's rank)."""
     accelerator = "cpu" if device == "cpu" else ("gpu" if device != "auto" else "auto")
     task = IndexingTask(model.cpu(), update)
     trainer = L.Trainer(
@@ -154,5 +200,4 @@ def build_distributed(
         enable_checkpointing=False,
     )
     trainer.predict(task, return_predictions=False)
-    entries, failures = task.result
-    return task.plan, entries, failures, trainer.global_rank
+    return replace(task.report, rank=trainer.global_rank)

@@ -9,9 +9,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import av
 import torch
@@ -26,13 +24,9 @@ from xclip_lightning.data.frame_cache import SamplerSettings
 from xclip_lightning.data.transforms import resize_crop
 from xclip_lightning.data.video import WindowSelector, sample_frames
 from xclip_lightning.index.plan import Update
-from xclip_lightning.index.records import IndexEntry
-from xclip_lightning.index.store import (
-    THUMBS,
-    IndexWriter,
-    VideoIndexError,
-    entry_id,
-)
+from xclip_lightning.index.records import IndexEntry, entry_id
+from xclip_lightning.index.store import THUMBS, VideoIndexError
+from xclip_lightning.index.writer import IndexWriter, Row, write_thumbnail
 from xclip_lightning.model.xclip import XCLIP, XCLIP_CONFIG_FILE, update_with_tensors
 
 THUMB_HEIGHT = 64  # pixels of the thumbnail strip
@@ -113,19 +107,21 @@ class _Video:
         self.timestamps = item["timestamps"].split(counts)
         self.rows: list[dict[str, Tensor] | None] = [None] * len(counts)
 
-    def moments(self, folder: Path) -> list[tuple[dict[str, Any], dict[str, Tensor]]]:
-        """(entry, feature row) of every moment; writes the thumbnails."""
+    def moments(self, writer: IndexWriter) -> list[Row]:
+        """(entry, feature row) of every moment; writes the thumbnails (recorded with the writer first)."""
         stat, windows = self.path.stat(), self.item["windows"]
+        ids = [entry_id(str(self.path), stat.st_size, stat.st_mtime_ns, k) for k in range(len(windows))]
+        writer.record_files([f"{THUMBS}/{i}.jpg" for i in ids])
         out = []
-        for k, (w, row) in enumerate(zip(windows, self.rows, strict=True)):
-            vid = entry_id(str(self.path), stat.st_size, stat.st_mtime_ns, k)
-            (folder / THUMBS / f"{vid}.jpg").write_bytes(self.item["jpegs"][k].numpy().tobytes())
-            timestamps = self.timestamps[k].tolist()
+        for k, (w, row, vid) in enumerate(zip(windows, self.rows, ids, strict=True)):
+            jpeg = self.item["jpegs"][k].numpy().tobytes()
+            write_thumbnail(writer.folder, vid, jpeg)
             entry = IndexEntry(
-                str(self.path), stat.st_size, stat.st_mtime_ns, self.item["duration"], timestamps, f"{vid}.jpg", vid,
-                window=k, moments=len(windows), start=round(w.start, 3), end=round(w.end, 3),
+                str(self.path), stat.st_size, stat.st_mtime_ns, self.item["duration"], self.timestamps[k].tolist(),
+                vid, moment=k, moments=len(windows), start=round(w.start, 3), end=round(w.end, 3),
+                thumb_sha256=hashlib.sha256(jpeg).hexdigest(),
             )  # fmt: skip
-            out.append((asdict(entry), row))
+            out.append((entry, row))
         return out
 
 
@@ -135,28 +131,27 @@ class Encoder:
 
     def __init__(self, model: XCLIP, update: Update, writer: IndexWriter) -> None:
         self.model, self.settings, self.writer = model, update.settings, writer
-        self.batch_size, self.flush_every = update.batch_size, update.flush_every
+        self.batch_size = update.batch_size
         self.device = next(model.parameters()).device
         self.waiting: list[tuple[_Video, int]] = []  # moments decoded, not yet encoded (FIFO)
-        (writer.folder / THUMBS).mkdir(parents=True, exist_ok=True)
 
     def add(self, path: Path, item: dict) -> None:
         if "error" in item:
-            self.writer.failures[str(path)] = item["error"]
+            self.writer.fail(str(path), item["error"])
             return
         video = _Video(path, item)
         self.waiting.extend((video, k) for k in range(len(video.rows)))
         while len(self.waiting) >= self.batch_size:
-            self.encode_videos(self.waiting[: self.batch_size])
+            self._encode_batch(self.waiting[: self.batch_size])
             self.waiting = self.waiting[self.batch_size :]
 
     def finish(self) -> None:
         if self.waiting:
-            self.encode_videos(self.waiting)
+            self._encode_batch(self.waiting)
             self.waiting = []
 
     @torch.no_grad()
-    def encode_videos(self, chunk: list[tuple[_Video, int]]) -> None:
+    def _encode_batch(self, chunk: list[tuple[_Video, int]]) -> None:
         frames, mask = (
             torch.stack(x)
             for x in zip(*(pad_frames(v.frames[k], self.settings.max_frames) for v, k in chunk), strict=True)
@@ -171,7 +166,7 @@ class Encoder:
                 "frame_mask": video.frame_mask[j].cpu(),
             }
             if k == len(v.rows) - 1:
-                self.writer.add_video(v.moments(self.writer.folder), self.flush_every)
+                self.writer.add_video(v.moments(self.writer))
 
 
 def loader(todo: list[Path], update: Update, pin: bool) -> DataLoader:

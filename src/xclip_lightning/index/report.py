@@ -1,20 +1,19 @@
 """The HTML page of ``xclip-lightning search --html``: per query, the ranked moments, each a player that starts at
 the moment (``<video>`` with the media fragment ``#t=start,end``, the file linked relative to the page so the page
 works opened from disk and when the folder moves with its videos) beside the strip of its sampled frames, the frame
-that matched the query best outlined. Thumbnails are inlined."""
+that matched the query best outlined. Thumbnails are inlined, as the index verified them (never through a link)."""
 
 from __future__ import annotations
 
 import base64
 import html
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 from xclip_lightning.index.encode import THUMB_HEIGHT
 from xclip_lightning.index.records import SearchHit
-from xclip_lightning.index.store import THUMB_NAME, THUMBS
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
@@ -49,12 +48,11 @@ def _player(hit: SearchHit, page: Path) -> str:
     return f'<video controls preload="metadata" src="{src}"></video>'
 
 
-def _strip(index_folder: Path, hit: SearchHit) -> str:
-    """The thumbnail strip, read only from the index's thumbs folder (a manifest could name any file)."""
-    path = index_folder / THUMBS / hit.thumbnail
-    if not THUMB_NAME.match(hit.thumbnail) or not path.is_file():
+def _strip(jpeg: bytes | None, hit: SearchHit) -> str:
+    """The thumbnail strip (the bytes the index verified), the best frame outlined."""
+    if jpeg is None:
         return '<div class="meta">(no thumbnail)</div>'
-    data = base64.b64encode(path.read_bytes()).decode()
+    data = base64.b64encode(jpeg).decode()
     h = THUMB_HEIGHT
     return (
         f'<div class="strip"><img alt="sampled frames" src="data:image/jpeg;base64,{data}" '
@@ -70,8 +68,10 @@ def write_html(
     queries: Sequence[str],
     hits: Sequence[Sequence[SearchHit]],
     scorer: str = "",
+    thumbnail: Callable[[SearchHit], bytes | None] = lambda hit: None,
 ) -> Path:
-    """Write the results page to ``path``; returns it."""
+    """Write the results page to ``path``; returns it. ``thumbnail``: a hit's verified strip
+    (``VideoIndex.thumbnail``)."""
     index_folder, path = Path(index_folder), Path(path)
     parts = [
         "<!DOCTYPE html>",
@@ -87,7 +87,7 @@ def write_html(
                 f'<li class="hit"><div><strong>{html.escape(hit.path)}</strong></div>'
                 f'<div class="meta">{hit.start:.1f}-{hit.end:.1f} s &middot; score {hit.score:.2f} &middot; best '
                 f"frame {hit.best_frame + 1} of {len(hit.timestamps)} at {hit.best_time:.1f} s</div>"
-                f'<div class="moment">{_player(hit, path)}{_strip(index_folder, hit)}</div></li>'
+                f'<div class="moment">{_player(hit, path)}{_strip(thumbnail(hit), hit)}</div></li>'
             )
         parts.append("</ol></section>")
     parts.append("</body></html>")

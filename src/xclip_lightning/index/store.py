@@ -1,60 +1,76 @@
-"""The video index on disk: immutable feature shards, one manifest that publishes a complete version atomically,
-a lock for writers, and checks that the manifest and the feature rows agree.
+"""The video index on disk: its metadata in SQLite, its features in immutable shards, one writer at a time.
 
-    <index>/manifest.json               the published version: one entry per moment (path, file version, window
-                                        number, start, end, timestamps, thumbnail, shard, row, id), the shards with
-                                        their row counts and SHA-256, the model fingerprint, the sampler settings
-                                        and window length, the failures
-    <index>/shards/<token>.safetensors  video [n,D], frames [n,T,D], frame_mask [n,T]; metadata "ids": the entry
-                                        ids of its rows in order. Never modified once written
-    <index>/ann/<token>.faiss           optional, large collections: the approximate first stage (``ann.py``) and
-    <index>/ann/<token>.keys.npy        the FAISS ids of the moments it holds. Never modified once written
-    <index>/thumbs/<id>.jpg             the sampled frames of one entry (the id covers path, size, mtime, window)
+    <index>/index.sqlite                the published version (WAL journal): ``meta`` (format, model, sampler, window,
+                                        feature dtype, version counter, the approximate stage's record), ``entries``
+                                        (one row per moment), ``shards`` (rows, size, checksums), ``failures``,
+                                        ``files`` (every file the index wrote, so only those are ever deleted)
+    <index>/shards/<token>.safetensors  feature rows (``shards.py``). Never modified once written
+    <index>/ann/<token>.faiss, .keys.npy  optional: the approximate first stage (``ann.py``). Never modified
+    <index>/thumbs/<entry id>.jpg       the sampled frames of one moment, as one strip
     <index>/.lock                       held (flock) by the one process updating the index, with its pid
 
-A writer adds shards and thumbnails, then replaces ``manifest.json`` with one rename: a reader sees the old version
-or the new one, never a mix, and a kill at any moment leaves the last published version intact. Files that no
-version references any more are deleted only after the new manifest is published, under the lock.
+A version is one SQLite transaction: a reader sees the old version or the new one, never a mix, and a kill at any
+moment (the writer's included) leaves the last committed version. Publishing changes only the rows that changed
+(the entries of the videos added, replaced or dropped), so it costs the same in an index of a thousand or a million
+moments, and opening an index reads a few rows of ``meta``: nothing is read or verified per entry or per shard until
+a query needs it (``ShardReader``). A file is recorded in ``files`` before it is written; files of a killed
+writer that never got published, and files of rows a version dropped, are deleted by the next writer.
+
+Indexes of format 3 (one ``manifest.json``) are migrated in place the first time they are opened.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
-import secrets
+import sqlite3
 import time
-from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-import numpy as np
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
+from xclip_lightning.index.records import IndexEntry, entry_id, entry_key
+from xclip_lightning.index.shards import SHARDS, ShardRecord, fsync_write
 
-INDEX_VERSION = 3  # 2: sharded features, ids checked row by row; 3: one entry per moment (window) of a video
-MANIFEST, SHARDS, THUMBS, LOCK, ANN = "manifest.json", "shards", "thumbs", ".lock", "ann"
+INDEX_VERSION = 4  # 3: one JSON manifest rewritten at every publish; 4: SQLite, chunk checksums, lazy verification
+DATABASE, MANIFEST, THUMBS, LOCK, ANN, PARTS = "index.sqlite", "manifest.json", "thumbs", ".lock", "ann", "parts"
 SHARD_NAME = re.compile(r"^[0-9a-f]{32}\.safetensors$")
 ANN_NAME = re.compile(r"^[0-9a-f]{32}\.(faiss|keys\.npy)$")
 THUMB_NAME = re.compile(r"^[0-9a-f]{16}\.jpg$")
 PART_NAME = re.compile(r"^\.?[0-9]+\.json(\.tmp)?$")
-TEMPORARY = re.compile(r"^\.[0-9a-f]{32}\.(safetensors|faiss|keys\.npy)\.tmp$")
-MANIFEST_TMP = re.compile(r"^\.manifest\.json\.[0-9]+\.tmp$")
-PARTS = "parts"  # a multi-process build's progress, one file per rank (``distributed_index.py``)
+TEMPORARY = re.compile(r"^\.[0-9a-f]{32}\.(safetensors|faiss|keys\.npy)\.tmp$|^\.[0-9a-f]{16}\.jpg\.tmp$")
 OWN_FILES = {  # what the index writes in each of its folders: nothing else there is ever deleted
     SHARDS: (SHARD_NAME, TEMPORARY),
-    THUMBS: (THUMB_NAME,),
+    THUMBS: (THUMB_NAME, TEMPORARY),
     ANN: (ANN_NAME, TEMPORARY),
     PARTS: (PART_NAME,),
 }
-FEATURE_KEYS = ("video", "frames", "frame_mask")
-FLUSH_SECONDS = 60.0  # a build publishes what it has encoded at least this often, so a killed build keeps it
+TOP_LEVEL = {DATABASE, f"{DATABASE}-wal", f"{DATABASE}-shm", f".{DATABASE}.tmp", MANIFEST, LOCK}
+SQL_CHUNK = 900  # values bound in one statement (SQLite's historical limit is 999)
+
+SCHEMA = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE shards (name TEXT PRIMARY KEY, rows INTEGER NOT NULL, size INTEGER NOT NULL, digests BLOB NOT NULL,
+                     live INTEGER NOT NULL);
+CREATE TABLE entries (
+    key INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, path TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, duration REAL, timestamps TEXT NOT NULL, moment INTEGER NOT NULL,
+    moments INTEGER NOT NULL, start_s REAL NOT NULL, end_s REAL NOT NULL, shard TEXT NOT NULL, row INTEGER NOT NULL,
+    thumb_sha256 TEXT NOT NULL, in_ann INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX entries_by_path ON entries (path);
+CREATE INDEX entries_by_shard ON entries (shard, row);
+CREATE INDEX entries_not_in_ann ON entries (in_ann) WHERE in_ann = 0;
+CREATE TABLE ann_removed (key INTEGER PRIMARY KEY);
+CREATE TABLE failures (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
+CREATE TABLE files (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+"""
+_ENTRY_COLUMNS = (
+    "path, size, mtime_ns, duration, timestamps, id, moment, moments, start_s, end_s, shard, row, thumb_sha256"
+)
 
 
 class VideoIndexError(ValueError):
@@ -65,262 +81,341 @@ class IndexBusyError(VideoIndexError):
     """Another process is updating the index."""
 
 
-def entry_id(path: str, size: int, mtime_ns: int, window: int = 0) -> str:
-    """Identifies one window of one version of one file: its feature row and its thumbnail carry it."""
-    key = f"{path}|{size}|{mtime_ns}" + (f"|{window}" if window else "")
-    return hashlib.sha1(key.encode()).hexdigest()[:16]
-
-
 @contextlib.contextmanager
 def writer_lock(folder: Path) -> Iterator[None]:
     """Exclusive right to update ``folder``; a second writer stops at once with a message naming the first."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a+") as handle:
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise IndexBusyError(
                 f"{folder} is being updated by another `xclip-lightning index` (pid {holder}): wait for it to "
                 f"finish, then run again (it will only add what is still missing), or choose another --out"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
+        os.pwrite(fd, str(os.getpid()).ljust(20).encode(), 0)  # one fixed-width write: never read half-written
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def fsync_write(path: Path, data: bytes | None = None) -> None:
-    """Flush ``path`` (writing ``data`` first when given) to the disk."""
-    with open(path, "wb" if data is not None else "rb+") as f:
-        if data is not None:
-            f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_shard(
-    folder: Path, tensors: dict[str, Tensor], ids: list[str], dtype: torch.dtype = torch.float32
-) -> tuple[str, dict[str, Any]]:
-    """Write one immutable shard (temporary name, fsync, rename); returns its name and manifest record.
-    ``dtype``: of the stored features (float16 halves the disk and the page cache a large index needs)."""
-    (folder / SHARDS).mkdir(parents=True, exist_ok=True)
-    name = f"{secrets.token_hex(16)}.safetensors"
-    tmp = folder / SHARDS / f".{name}.tmp"
-    data = {k: v.to(dtype).contiguous() for k, v in tensors.items() if k != "frame_mask"}
-    data["frame_mask"] = tensors["frame_mask"].to(torch.uint8).contiguous()
-    save_file(data, str(tmp), metadata={"ids": json.dumps(ids)})
-    fsync_write(tmp)
-    os.replace(tmp, folder / SHARDS / name)
-    return name, {"rows": len(ids), "sha256": file_sha256(folder / SHARDS / name)}
-
-
-def publish(folder: Path, manifest: dict[str, Any]) -> None:
-    """Make ``manifest`` the index's version, atomically."""
-    tmp = folder / f".{MANIFEST}.{os.getpid()}.tmp"
-    fsync_write(tmp, json.dumps(manifest, indent=1).encode())
-    os.replace(tmp, folder / MANIFEST)
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
+            fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
-        os.close(directory)
+        os.close(fd)
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise VideoIndexError(f"{folder} is not a video index (no {MANIFEST}); build one with `xclip-lightning index`")
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise VideoIndexError(f"{path} is not valid JSON ({err}): delete the index folder and build it again") from err
-    if not isinstance(manifest, dict) or manifest.get("format_version") != INDEX_VERSION:
-        version = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise VideoIndexError(
-            f"{path}: index format {version}, this version of xclip-lightning reads {INDEX_VERSION}: build the index "
-            f"again into a new folder"
-        )
-    return manifest
+def _entry(row: Sequence[Any]) -> IndexEntry:
+    path, size, mtime_ns, duration, timestamps, id_, moment, moments, start, end, shard, r, thumb = row
+    return IndexEntry(
+        path, size, mtime_ns, duration, json.loads(timestamps), id_, moment, moments, start, end, shard, r, thumb
+    )
 
 
-def shard_ids(folder: Path, name: str) -> list[str]:
-    with safe_open(str(folder / SHARDS / name), framework="pt") as f:
-        return json.loads((f.metadata() or {}).get("ids", "[]"))
+def _entry_values(e: IndexEntry) -> tuple:
+    return (
+        e.key, e.path, e.size, e.mtime_ns, e.duration, json.dumps(e.timestamps), e.id, e.moment, e.moments,
+        e.start, e.end, e.shard, e.row, e.thumb_sha256,
+    )  # fmt: skip
 
 
-def check(folder: Path, manifest: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The manifest's entries that agree with the files, and a description of each that does not.
+def _chunks(values: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), SQL_CHUNK):
+        yield values[start : start + SQL_CHUNK]
 
-    An entry agrees when its id is that of its path and file version, its shard is listed and exists with the
-    recorded SHA-256 and row count, and the id stored at its row is the entry's id (a swapped, edited or stale
-    entry fails); its thumbnail name must be a plain file name of the thumbs folder. Each shard is read once.
-    """
-    problems: list[str] = []
-    valid_shards: dict[str, list[str]] = {}
-    for name, record in manifest.get("shards", {}).items():
-        path = folder / SHARDS / name
-        if not SHARD_NAME.match(name):
-            problems.append(f"shard name {name!r} is not a shard file name")
-        elif not path.is_file():
-            problems.append(f"{path} is missing")
-        elif file_sha256(path) != record.get("sha256"):
-            problems.append(f"{path} does not match its checksum (corrupt or half-written)")
-        else:
-            ids = shard_ids(folder, name)
-            if len(ids) != record.get("rows"):
-                problems.append(f"{path} holds {len(ids)} rows, the manifest says {record.get('rows')}")
+
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA synchronous = NORMAL")  # WAL: a commit survives a killed process; fsync at checkpoints
+    return db
+
+
+class Location(NamedTuple):
+    """Where an entry's row is, and what its id must be (a light view of an entry for ranking)."""
+
+    key: int
+    shard: str
+    row: int
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+    moment: int
+
+    def agrees(self) -> bool:
+        """Its id is that of its path, file version and moment (an entry edited or swapped by hand is not)."""
+        return self.id == entry_id(self.path, self.size, self.mtime_ns, self.moment)
+
+
+_LOCATION_COLUMNS = "key, shard, row, id, path, size, mtime_ns, moment"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the index holds of one video file (for planning an update)."""
+
+    size: int
+    mtime_ns: int
+    moments: int  # how many moments the video has
+    held: int  # how many of them the index holds
+
+
+class IndexStore:
+    """One index folder's database. Any number of processes read; one writes, under ``writer_lock``."""
+
+    def __init__(self, folder: Path, db: sqlite3.Connection) -> None:
+        self.folder, self.db = folder, db
+        self.meta = self._read_meta()
+
+    # ---- opening -----------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> IndexStore:
+        """Open the index in ``folder`` (a format-3 index is migrated first, under the writer lock)."""
+        folder = Path(folder)
+        if not (folder / DATABASE).is_file():
+            if (folder / MANIFEST).is_file():
+                from xclip_lightning.index.migrate import migrate_manifest
+
+                with writer_lock(folder):
+                    if not (folder / DATABASE).is_file():
+                        migrate_manifest(folder)
             else:
-                valid_shards[name] = ids
-    good, seen = [], set()
-    for i, entry in enumerate(manifest.get("entries", [])):
+                raise VideoIndexError(
+                    f"{folder} is not a video index (no {DATABASE}): build one with `xclip-lightning index`"
+                )
         try:
-            ids, row = valid_shards.get(entry["shard"]), entry["row"]
-            if entry["id"] != entry_id(entry["path"], entry["size"], entry["mtime_ns"], entry["window"]):
-                problem = "its id is not that of its path, file version and window"
-            elif ids is None:
-                problem = f"its shard {entry['shard']!r} is not usable"
-            elif not (isinstance(row, int) and 0 <= row < len(ids)) or ids[row] != entry["id"]:
-                problem = f"row {row} of its shard holds another video"
-            elif entry["id"] in seen:
-                problem = "it is listed twice"
-            elif not THUMB_NAME.match(str(entry["thumbnail"])):
-                problem = f"its thumbnail {entry['thumbnail']!r} is not a file name of {THUMBS}/"
+            store = cls(folder, _connect(folder / DATABASE))
+        except sqlite3.DatabaseError as err:
+            raise VideoIndexError(
+                f"{folder / DATABASE} cannot be read ({err}): delete the index folder and build it again"
+            ) from err
+        version = store.meta.get("format_version")
+        if version != INDEX_VERSION:
+            raise VideoIndexError(
+                f"{folder}: index format {version}, this version of xclip-lightning reads {INDEX_VERSION}: build "
+                f"the index again into a new folder"
+            )
+        return store
+
+    @classmethod
+    def create(cls, folder: Path, meta: dict[str, Any], fill: Callable[[IndexStore], None] | None = None) -> IndexStore:
+        """A new index (writer only): the database is written under a temporary name (``fill`` may publish into it
+        first), then renamed into place, so a reader never sees it half-made."""
+        tmp = folder / f".{DATABASE}.tmp"
+        tmp.unlink(missing_ok=True)
+        db = sqlite3.connect(tmp, isolation_level=None, check_same_thread=False)
+        db.executescript(SCHEMA)
+        meta = {**meta, "format_version": INDEX_VERSION, "version": 0, "count": 0}
+        db.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()])
+        if fill is not None:
+            fill(cls(folder, db))
+        db.close()
+        fsync_write(tmp)
+        os.replace(tmp, folder / DATABASE)
+        store = cls(folder, _connect(folder / DATABASE))
+        store.db.execute("PRAGMA journal_mode = WAL")
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _read_meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.db.execute("SELECT key, value FROM meta")}
+
+    # ---- reading -----------------------------------------------------------------------------------------------
+
+    def version(self) -> int:
+        """The published version's number (one more at each publish): a reader compares it to refresh."""
+        return json.loads(self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
+
+    def refresh(self) -> None:
+        self.meta = self._read_meta()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Every read inside sees one published version."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.db.execute("COMMIT")
+
+    def count(self) -> int:
+        return int(self.meta.get("count", 0))
+
+    def shard_record(self, name: str) -> ShardRecord | None:
+        row = self.db.execute("SELECT name, rows, size, digests FROM shards WHERE name = ?", (name,)).fetchone()
+        return ShardRecord(row[0], row[1], row[2], bytes(row[3])) if row else None
+
+    def shard_names(self) -> list[str]:
+        return [name for (name,) in self.db.execute("SELECT name FROM shards ORDER BY name")]
+
+    def entries(self, where: str = "", params: Sequence[Any] = (), order: str = "path, moment") -> list[IndexEntry]:
+        """Entries (``where`` a SQL condition on the columns), in ``order``."""
+        query = f"SELECT {_ENTRY_COLUMNS} FROM entries {'WHERE ' + where if where else ''} ORDER BY {order}"
+        return [_entry(row) for row in self.db.execute(query, params)]
+
+    def entries_by_key(self, keys: Iterable[int]) -> dict[int, IndexEntry]:
+        """The entries of these keys that exist (a key of a dropped moment is left out)."""
+        found: dict[int, IndexEntry] = {}
+        for part in _chunks(list(dict.fromkeys(int(k) for k in keys))):
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(f"SELECT key, {_ENTRY_COLUMNS} FROM entries WHERE key IN ({marks})", part):
+                found[row[0]] = _entry(row[1:])
+        return found
+
+    def locations(self, where: str = "") -> list[Location]:
+        """Where every entry's row is (``where``: a SQL condition), in storage order."""
+        query = f"SELECT {_LOCATION_COLUMNS} FROM entries {'WHERE ' + where if where else ''} ORDER BY shard, row"
+        return [Location(*row) for row in self.db.execute(query)]
+
+    def locate(self, keys: Iterable[int]) -> dict[int, Location]:
+        """Where the rows of these keys are (a key of a dropped moment is left out)."""
+        found: dict[int, Location] = {}
+        for part in _chunks(list(dict.fromkeys(int(k) for k in keys))):
+            marks = ",".join("?" * len(part))
+            for row in self.db.execute(f"SELECT {_LOCATION_COLUMNS} FROM entries WHERE key IN ({marks})", part):
+                found[row[0]] = Location(*row)
+        return found
+
+    def videos(self) -> dict[str, VideoInfo]:
+        """Each indexed video (its path): the file version and how many of its moments the index holds."""
+        query = "SELECT path, size, mtime_ns, max(moments), count(*) FROM entries GROUP BY path, size, mtime_ns"
+        found: dict[str, VideoInfo] = {}
+        for path, size, mtime_ns, moments, held in self.db.execute(query):
+            if path in found:  # two versions of one file: neither is whole, encode it again
+                found[path] = VideoInfo(-1, -1, 0, 0)
             else:
-                seen.add(entry["id"])
-                good.append(entry)
-                continue
-        except (KeyError, TypeError):
-            problem = "a key is missing or malformed"
-        problems.append(f"entry {i} ({entry.get('path', '?') if isinstance(entry, dict) else entry!r}): {problem}")
-    return good, problems
+                found[path] = VideoInfo(size, mtime_ns, moments, held)
+        return found
 
+    def failures(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT path, reason FROM failures ORDER BY path"))
 
-def check_ann(folder: Path, manifest: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """(the approximate index's record when its files are there and match their checksums, else a problem)."""
-    record = manifest.get("ann")
-    if not record:
-        return None, None
-    try:
-        for name, digest in zip(record["files"], record["sha256"], strict=True):
-            path = folder / ANN / name
-            if not ANN_NAME.match(name):
-                return None, f"approximate index file name {name!r} is not one"
-            if not path.is_file() or file_sha256(path) != digest:
-                return None, f"{path} is missing or does not match its checksum"
-    except (KeyError, TypeError, ValueError):
-        return None, "the approximate index's record is malformed"
-    return record, None
+    def ann_removed(self) -> list[int]:
+        return [k for (k,) in self.db.execute("SELECT key FROM ann_removed")]
 
+    def thumb_digest(self, entry_id: str) -> str | None:
+        row = self.db.execute("SELECT thumb_sha256 FROM entries WHERE key = ?", (entry_key(entry_id),)).fetchone()
+        return row[0] if row else None
 
-def write_ann(folder: Path, index: Any, keys: np.ndarray, write_index) -> dict[str, Any]:
-    """Write the approximate index (``write_index(index, path)``) and its ids as two immutable files; their record."""
-    (folder / ANN).mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(16)
-    names = [f"{token}.faiss", f"{token}.keys.npy"]
-    tmp = [folder / ANN / f".{name}.tmp" for name in names]
-    write_index(index, str(tmp[0]))
-    with open(tmp[1], "wb") as f:
-        np.save(f, keys.astype(np.int64))
-    for t, name in zip(tmp, names, strict=True):
-        fsync_write(t)
-        os.replace(t, folder / ANN / name)
-    return {"files": names, "sha256": [file_sha256(folder / ANN / n) for n in names], "rows": len(keys)}
+    # ---- writing (under writer_lock) ---------------------------------------------------------------------------
 
+    def record_files(self, names: Iterable[str]) -> None:
+        """Record files about to be written (``thumbs/x.jpg``...): a killed writer's are deleted by the next one."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR IGNORE INTO files VALUES (?, 'new')", [(n,) for n in names])
 
-def load_features(
-    folder: Path, entries: list[dict[str, Any]], keys: tuple[str, ...] = FEATURE_KEYS
-) -> dict[str, Tensor]:
-    """The feature rows of ``entries``, in their order: video [N,D], frames [N,T,D] (float32 whatever the stored
-    dtype), frame_mask [N,T] bool; only ``keys``."""
-    by_shard: dict[str, list[int]] = {}
-    for position, entry in enumerate(entries):
-        by_shard.setdefault(entry["shard"], []).append(position)
-    parts: dict[str, list[Tensor]] = {k: [] for k in keys}
-    order: list[int] = []
-    for name, positions in by_shard.items():
-        rows = torch.tensor([entries[p]["row"] for p in positions])
-        with safe_open(str(folder / SHARDS / name), framework="pt") as f:
-            for key in keys:
-                parts[key].append(f.get_tensor(key)[rows])
-        order.extend(positions)
-    inverse = torch.empty(len(order), dtype=torch.long)
-    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-    features = {k: torch.cat(v)[inverse] for k, v in parts.items()}
-    for key in features:
-        features[key] = features[key].bool() if key == "frame_mask" else features[key].float()
-    return features
+    def publish(
+        self,
+        added: Sequence[IndexEntry] = (),
+        shards: Sequence[ShardRecord] = (),
+        drop_paths: Iterable[str] = (),
+        drop_ids: Iterable[str] = (),
+        failures: dict[str, str] | None = None,
+        meta: dict[str, Any] | None = None,
+        ann_files: Sequence[str] = (),
+        in_ann: bool = False,
+        relocate: Sequence[tuple[str, str, int]] = (),
+    ) -> None:
+        """One new version, in one transaction: the entries of ``drop_paths``, ``drop_ids`` and of the videos in
+        ``added`` are replaced by ``added``; ``shards`` (holding the added rows) are recorded; ``failures`` are
+        recorded for their paths (and cleared for the paths added); ``meta`` keys are set. ``in_ann``: every entry
+        is now held by the approximate stage, whose files are ``ann_files``. ``relocate``: (entry id, shard, row) of
+        rows moved to another shard (compaction). Then the files no version needs any more are deleted."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            paths = sorted(set(drop_paths) | {e.path for e in added})
+            gone: list[tuple[int, str, str, int]] = []
+            for part in _chunks(paths):
+                marks = ",".join("?" * len(part))
+                gone += db.execute(
+                    f"SELECT key, id, shard, in_ann FROM entries WHERE path IN ({marks})", part
+                ).fetchall()
+            for part in _chunks(list(drop_ids)):
+                marks = ",".join("?" * len(part))
+                gone += db.execute(f"SELECT key, id, shard, in_ann FROM entries WHERE id IN ({marks})", part).fetchall()
+            gone = list({key: (key, i, s, a) for key, i, s, a in gone}.values())
+            for part in _chunks([g[0] for g in gone]):
+                db.execute(f"DELETE FROM entries WHERE key IN ({','.join('?' * len(part))})", part)
+            db.executemany("INSERT INTO ann_removed VALUES (?) ON CONFLICT DO NOTHING", [(g[0],) for g in gone if g[3]])
+            db.executemany(
+                "UPDATE files SET state = 'garbage' WHERE name = ?", [(f"{THUMBS}/{g[1]}.jpg",) for g in gone]
+            )
+            dead: dict[str, int] = {}
+            for _, _, shard, _ in gone:
+                dead[shard] = dead.get(shard, 0) + 1
+            db.executemany("UPDATE shards SET live = live - ? WHERE name = ?", [(n, s) for s, n in dead.items()])
+            db.executemany(
+                "INSERT INTO shards VALUES (?, ?, ?, ?, 0)", [(s.name, s.rows, s.size, s.digests) for s in shards]
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, 'live')",
+                [(f"{SHARDS}/{s.name}",) for s in shards] + [(f"{ANN}/{n}",) for n in ann_files],
+            )
+            db.executemany(f"INSERT INTO entries ({'key, ' + _ENTRY_COLUMNS}) VALUES ({','.join('?' * 14)})",
+                           [_entry_values(e) for e in added])  # fmt: skip
+            db.executemany(
+                "INSERT OR REPLACE INTO files VALUES (?, 'live')", [(f"{THUMBS}/{e.id}.jpg",) for e in added]
+            )
+            added_per_shard: dict[str, int] = {}
+            for e in added:
+                added_per_shard[e.shard] = added_per_shard.get(e.shard, 0) + 1
+            for entry_id, shard, row in relocate:
+                (old,) = db.execute("SELECT shard FROM entries WHERE id = ?", (entry_id,)).fetchone()
+                db.execute("UPDATE entries SET shard = ?, row = ? WHERE id = ?", (shard, row, entry_id))
+                db.execute("UPDATE shards SET live = live - 1 WHERE name = ?", (old,))
+                added_per_shard[shard] = added_per_shard.get(shard, 0) + 1
+            db.executemany(
+                "UPDATE shards SET live = live + ? WHERE name = ?", [(n, s) for s, n in added_per_shard.items()]
+            )
+            for (name,) in db.execute("SELECT name FROM shards WHERE live <= 0").fetchall():
+                db.execute("DELETE FROM shards WHERE name = ?", (name,))
+                db.execute("UPDATE files SET state = 'garbage' WHERE name = ?", (f"{SHARDS}/{name}",))
+            db.executemany("DELETE FROM failures WHERE path = ?", [(e.path,) for e in added])
+            db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?)", list((failures or {}).items()))
+            if in_ann:
+                db.execute("UPDATE entries SET in_ann = 1 WHERE in_ann = 0")
+                db.execute("DELETE FROM ann_removed")
+                old = (self.meta.get("ann") or {}).get("file")
+                if old and old not in ann_files:
+                    db.execute("UPDATE files SET state = 'garbage' WHERE name = ?", (f"{ANN}/{old}",))
+            count = self.count() - len(gone) + len(added)
+            updates = {
+                **(meta or {}),
+                "count": count,
+                "version": self.version() + 1,
+                "built": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in updates.items()]
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.refresh()
+        self.collect_garbage()
 
-
-_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "U8": np.uint8}
-
-
-def _mapped_tensors(path: Path) -> dict[str, np.ndarray]:
-    """The tensors of a safetensors file as read-only memory maps (the format: an 8-byte little-endian header
-    length, a JSON header with each tensor's dtype, shape and byte offsets, then the data)."""
-    with open(path, "rb") as f:
-        length = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(length))
-    mapped = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        begin, end = info["data_offsets"]
-        dtype = _NUMPY_DTYPES[info["dtype"]]
-        count = (end - begin) // np.dtype(dtype).itemsize
-        data = np.memmap(path, dtype=dtype, mode="r", offset=8 + length + begin, shape=(count,))
-        mapped[key] = data.view(np.ndarray).reshape(info["shape"])  # a plain view: indexing it skips memmap's wrapping
-    return mapped
-
-
-class MappedRows:
-    """One feature of every entry, read from the memory-mapped shards only for the rows asked for: what a large
-    index ranks with (the page cache holds the hot rows; the process holds only the K candidates it re-scores).
-    ``rows[t]`` for a LongTensor ``t`` gathers like a tensor (float32, frame_mask bool)."""
-
-    def __init__(self, maps: dict[str, dict[str, np.ndarray]], entries: list[dict[str, Any]], key: str) -> None:
-        names = sorted({e["shard"] for e in entries})
-        self.arrays = [maps[n][key] for n in names]
-        shard_number = {n: i for i, n in enumerate(names)}
-        self.shard = np.array([shard_number[e["shard"]] for e in entries], dtype=np.int64)
-        self.row = np.array([e["row"] for e in entries], dtype=np.int64)
-        self.key = key
-        self.shape = (len(entries), *self.arrays[0].shape[1:])
-        self.device = torch.device("cpu")
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, rows: Tensor) -> Tensor:
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        shards, local = self.shard[rows], self.row[rows]
-        if len(self.arrays) == 1:
-            out = self.arrays[0][local]
-        else:
-            out = np.empty((len(rows), *self.shape[1:]), dtype=self.arrays[0].dtype)
-            for s in np.unique(shards):
-                where = np.nonzero(shards == s)[0]
-                out[where] = self.arrays[s][local[where]]
-        tensor = torch.from_numpy(out)
-        return tensor.bool() if self.key == "frame_mask" else tensor.float()
-
-
-def mapped_features(folder: Path, entries: list[dict[str, Any]]) -> dict[str, MappedRows]:
-    maps = {name: _mapped_tensors(folder / SHARDS / name) for name in {e["shard"] for e in entries}}
-    return {key: MappedRows(maps, entries, key) for key in FEATURE_KEYS}
+    def collect_garbage(self, leftovers: bool = False) -> None:
+        """Delete the files recorded as no longer needed (and, with ``leftovers``, those a killed writer recorded
+        but never published); then forget them. Files the index did not record are never touched."""
+        states = ("garbage", "new") if leftovers else ("garbage",)
+        marks = ",".join("?" * len(states))
+        names = [n for (n,) in self.db.execute(f"SELECT name FROM files WHERE state IN ({marks})", states)]
+        for name in names:
+            folder, _, file = name.partition("/")
+            if folder in OWN_FILES and any(p.match(file) for p in OWN_FILES[folder]):
+                (self.folder / folder / file).unlink(missing_ok=True)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for part in _chunks(names):
+                self.db.execute(f"DELETE FROM files WHERE name IN ({','.join('?' * len(part))})", part)
 
 
 def own_files(folder: Path, subfolder: str) -> Iterator[Path]:
@@ -332,6 +427,10 @@ def own_files(folder: Path, subfolder: str) -> Iterator[Path]:
                 yield path
 
 
+def is_index(folder: Path) -> bool:
+    return (folder / DATABASE).is_file() or (folder / MANIFEST).is_file()
+
+
 def foreign_files(folder: Path) -> list[Path]:
     """Files and folders in ``folder`` that no index writes: a folder holding any is not an index (or not only)."""
     foreign = []
@@ -339,7 +438,7 @@ def foreign_files(folder: Path) -> list[Path]:
         if path.name in OWN_FILES and path.is_dir() and not path.is_symlink():
             mine = set(own_files(folder, path.name))
             foreign.extend(p for p in path.iterdir() if p not in mine)
-        elif path.name not in (MANIFEST, LOCK) and not MANIFEST_TMP.match(path.name):
+        elif path.name not in TOP_LEVEL:
             foreign.append(path)
     return sorted(foreign)
 
@@ -351,79 +450,5 @@ def remove_unpublished(folder: Path) -> None:
             path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):  # not empty: something else is there, and stays
             (folder / subfolder).rmdir()
-    for path in folder.iterdir():
-        if MANIFEST_TMP.match(path.name):
-            path.unlink(missing_ok=True)
-
-
-def collect_garbage(folder: Path, manifest: dict[str, Any]) -> None:
-    """Delete the index's own shards, thumbnails and temporary files that the published ``manifest`` does not
-    reference (writer only). Files of other names, a user's, are never touched."""
-    referenced = {
-        SHARDS: set(manifest["shards"]),
-        THUMBS: {e["thumbnail"] for e in manifest["entries"]},
-        ANN: set(manifest["ann"]["files"]) if manifest.get("ann") else set(),
-    }
-    for subfolder, keep in referenced.items():
-        for path in own_files(folder, subfolder):
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
-    for path in folder.glob(f".{MANIFEST}.*.tmp"):
-        path.unlink(missing_ok=True)
-
-
-class IndexWriter:
-    """Publishes the versions of one index during a build: the entries kept from the previous version plus those
-    encoded so far, their features written a shard at a time (so memory holds at most one shard)."""
-
-    def __init__(self, folder: Path, header: dict[str, Any], kept: list[dict[str, Any]], shards: dict) -> None:
-        self.folder, self.header = folder, header
-        self.entries = {e["id"]: e for e in kept}
-        self.shards = shards
-        self.failures: dict[str, str] = {}
-        self.pending: list[tuple[dict[str, Any], dict[str, Tensor]]] = []
-        self.published_at = time.monotonic()
-        self.ann: dict[str, Any] | None = None  # the approximate first stage's record, when the index has one
-        self.dtype = getattr(torch, header.get("feature_dtype", "float32"))
-
-    def add_video(self, rows: list[tuple[dict[str, Any], dict[str, Tensor]]], flush_every: int) -> None:
-        """Add every moment of one video (entry, feature row) together: a version never holds part of a video."""
-        self.pending.extend(rows)
-        if len(self.pending) >= flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write the pending rows as one shard, then publish the version that includes them."""
-        if self.pending:
-            tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
-            name, record = write_shard(self.folder, tensors, [e["id"] for e, _ in self.pending], self.dtype)
-            self.shards[name] = record
-            for row, (entry, _) in enumerate(self.pending):
-                self.entries[entry["id"]] = {**entry, "shard": name, "row": row}
-            self.pending = []
-        self.publish()
-
-    def publish(self) -> None:
-        live = Counter(e["shard"] for e in self.entries.values())
-        manifest = {
-            **self.header,
-            "built": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "shards": {n: r for n, r in self.shards.items() if live[n]},
-            "entries": list(self.entries.values()),
-            "failures": self.failures,
-            "ann": self.ann,
-        }
-        publish(self.folder, manifest)
-        collect_garbage(self.folder, manifest)
-        self.published_at = time.monotonic()
-
-    def compact(self) -> None:
-        """Rewrite the shards that are mostly rows of deleted or changed videos, then publish."""
-        live = Counter(e["shard"] for e in self.entries.values())
-        for name, record in list(self.shards.items()):
-            if 0 < live[name] < record["rows"] / 2:
-                moved = [e for e in self.entries.values() if e["shard"] == name]
-                features = load_features(self.folder, moved)
-                for i, entry in enumerate(moved):
-                    self.pending.append((entry, {k: features[k][i] for k in FEATURE_KEYS}))
-        self.flush()
+    for name in TOP_LEVEL - {LOCK, MANIFEST}:
+        (folder / name).unlink(missing_ok=True)

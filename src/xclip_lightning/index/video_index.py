@@ -1,59 +1,43 @@
 """Search your own videos: encode a folder once into an index, then query it by text with the full X-CLIP score.
 
-    index = VideoIndex.build(XCLIP.from_pretrained("runs/export"), "my_videos/", "my_index/")
-    index = VideoIndex.load("my_index/")                      # the model comes back from the index's manifest
+    index = VideoIndex.build("models/my-xclip", "my_videos/", "my_index/")
+    index = VideoIndex.load("my_index/")                      # the model comes back from the index
     hits = index.search(["a dog catches a frisbee"], k=10)    # [[SearchHit(path, start, end, score, ...), ...]]
 
 What is indexed is moments: a long video is split into ``round(D / window)`` equal windows (``WindowSelector``,
-default 30 s), each sampled like a training clip; a short clip is one moment. The index folder
-(``index_store.py``) holds immutable feature shards (the model's normalised ``VideoFeatures``, one row per moment),
-one JPEG strip of the sampled frames per moment, and ``manifest.json``, which publishes a complete version in one
-atomic rename. Building streams features to disk a shard at a time (memory stays flat in the collection size),
-publishes every ``flush_every`` moments or ``FLUSH_SECONDS`` (a video's moments together; a killed build keeps
-what it finished and resumes), holds a lock (a second writer stops with a message), and repairs what no longer
-agrees with the manifest. ``devices > 1`` runs the build on several processes (``distributed_index.py``).
+default 30 s), each sampled like a training clip; a short clip is one moment. The index folder (``store.py``)
+holds its metadata in SQLite and the model's normalised ``VideoFeatures`` in immutable shards (``shards.py``), one
+row per moment, and a JPEG strip of each moment's sampled frames. Opening an index reads a few rows: a query reads
+and verifies only the rows it needs.
 
 Ranking: the coarse video-sentence score (one matrix product over every moment, or the approximate FAISS IVF
 index of a large collection, ``ann.py``) picks ``candidates`` moments per query, which are then re-scored with the
 full multi-grained X-CLIP score (``bench/search.py`` measures how often the top 10 agree with exhaustive scoring).
-``candidates=None`` scores every moment exhaustively.
+``candidates=None`` scores every moment exhaustively, a block at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import Tensor
 
 from xclip_lightning.data.frame_cache import SamplerSettings
-from xclip_lightning.index.ann import approximate_stage
-from xclip_lightning.index.encode import encode_videos, load_search_model, model_fingerprint, resolve_device
-from xclip_lightning.index.plan import DEFAULT_WINDOW, FLUSH_EVERY, Update, check_destination
-from xclip_lightning.index.ranking import DEFAULT_CANDIDATES, CoarseBackend, CoarseSearch, coarse_query, rank_videos
-from xclip_lightning.index.records import IndexEntry, SearchHit, item_id
-from xclip_lightning.index.store import (
-    FEATURE_KEYS,
-    LOCK,
-    MANIFEST,
-    IndexBusyError,
-    VideoIndexError,
-    check,
-    load_features,
-    mapped_features,
-    read_manifest,
-    remove_unpublished,
-    writer_lock,
-)
+from xclip_lightning.index.ann import ApproximateSearch, ExactStage, first_stage
+from xclip_lightning.index.build import build_index
+from xclip_lightning.index.encode import load_search_model, model_fingerprint, resolve_device
+from xclip_lightning.index.ranking import DEFAULT_CANDIDATES, EXHAUSTIVE_BLOCK, coarse_query, rank_videos
+from xclip_lightning.index.records import BuildReport, IndexEntry, SearchHit, item_id
+from xclip_lightning.index.shards import FEATURE_KEYS, ShardError, ShardReader
+from xclip_lightning.index.store import THUMB_NAME, THUMBS, IndexBusyError, IndexStore, Location, VideoIndexError
 from xclip_lightning.model.head import TextFeatures, VideoFeatures
 from xclip_lightning.model.xclip import XCLIP
 
 __all__ = [
-    "CoarseSearch",
     "IndexBusyError",
     "IndexEntry",
     "SearchHit",
@@ -66,180 +50,141 @@ __all__ = [
 ]
 
 ZERO_SHOT = "zero-shot CLIP (CLIP4Clip: cosine of the sentence and the mean of the frame features)"
-
-
 FULL_SCORE = "X-CLIP (multi-grained: video-sentence, video-word, sentence-frame, frame-word)"
 
 
 def scorer_name(model: XCLIP) -> str:
+    """What the model scores with, in words (printed with the results)."""
     zero_shot = model.head.contrasts == ("video_sentence",) and model.head.temporal_layers == 0
     return ZERO_SHOT if zero_shot else FULL_SCORE
 
 
 class VideoIndex:
-    """Video features of a folder, searchable by text (see the module docstring)."""
+    """An index folder opened for search with its model (see the module docstring)."""
 
-    def __init__(
-        self,
-        model: XCLIP,
-        settings: SamplerSettings,
-        entries: list[IndexEntry],
-        failures: dict[str, str],
-        folder: Path,
-        model_dir: str | None = None,
-        features: VideoFeatures | None = None,
-    ) -> None:
-        self.model, self.settings, self.entries = model, settings, entries
-        self.failures, self.folder, self.model_dir = failures, folder, model_dir
-        self._features = features
-        self.encoded = 0  # videos decoded and encoded by the build that made this object (0 when loaded)
-        self.repaired: list[str] = []  # what the build found out of agreement with the manifest, and redid
-        self.unreadable: list[str] = []  # subfolders the build could not list
-        self.removed = 0  # videos the build dropped because their files are gone
-        self.coarse_backend: CoarseBackend = "auto"
-        self._coarse: CoarseSearch | None = None
-        self.window: float | None = None  # seconds per moment it was built with (None: one moment per file)
-        self.rank = 0  # the process's rank in a multi-process build (only rank 0 reports)
+    def __init__(self, model: XCLIP, store: IndexStore, report: BuildReport | None = None) -> None:
+        self.model, self.store, self.folder = model, store, store.folder
+        self.reader = ShardReader(store.folder, store.shard_record)
+        self.report = report or BuildReport()  # what the build that made this object did (empty when loaded)
+        self.exact_first_stage = False  # True: score every video vector in the first stage, even with an IVF index
+        self._stage: ExactStage | ApproximateSearch | None = None
+        self._cache: dict[str, object] = {}
+        self._version = -1
+
+    # ---- what it holds -----------------------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> SamplerSettings:
+        return SamplerSettings(**self.store.meta["sampler"])
+
+    @property
+    def window(self) -> float | None:
+        """Seconds per moment it was built with (None: one moment per file)."""
+        return self.store.meta.get("window")
+
+    @property
+    def model_name(self) -> str | None:
+        """The model it records: an absolute folder, or a hub name."""
+        return self.store.meta.get("model")
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return self.store.failures()
+
+    @property
+    def entries(self) -> list[IndexEntry]:
+        """Every moment, by path and start (read from the database on first use after each published version)."""
+        self._refresh()
+        if "entries" not in self._cache:
+            self._cache["entries"] = self.store.entries()
+        return self._cache["entries"]
 
     @property
     def features(self) -> VideoFeatures:
-        """All feature rows, in entry order (read from the shards on first use: a build does not load them)."""
-        if self._features is None:
-            tensors = load_features(self.folder, [asdict(e) for e in self.entries])
-            self._features = VideoFeatures(*(tensors[k] for k in FEATURE_KEYS))
-        return self._features
+        """The feature rows of ``entries``, in their order (all of them: for small indexes, tests and scripts)."""
+        if "features" not in self._cache:
+            rows = self._gather(self.entries)
+            self._cache["features"] = VideoFeatures(*(rows[k] for k in FEATURE_KEYS))
+        return self._cache["features"]
 
-    # ---- building ----------------------------------------------------------------------------------------------
+    @property
+    def encoded(self) -> int:
+        """Videos the build that made this object decoded and encoded (0 when loaded)."""
+        return self.report.encoded
+
+    @property
+    def removed(self) -> int:
+        """Videos that build dropped because their files are gone."""
+        return self.report.removed
+
+    @property
+    def unreadable(self) -> list[str]:
+        """Subfolders that build could not list."""
+        return self.report.unreadable
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in a multi-process build (only rank 0 reports)."""
+        return self.report.rank
+
+    def __len__(self) -> int:
+        self._refresh()
+        return self.store.count()
+
+    # ---- building and opening ----------------------------------------------------------------------------------
 
     @classmethod
     def build(
-        cls,
-        model: XCLIP | str | os.PathLike,
-        videos: str | os.PathLike,
-        out: str | os.PathLike,
-        fps: float = 1.0,
-        batch_size: int = 8,
-        workers: int = 2,
-        progress: bool = True,
-        flush_every: int = FLUSH_EVERY,
-        window: float | None = DEFAULT_WINDOW,
-        device: str = "auto",
-        approximate: str = "auto",
-        half: bool = False,
-        devices: int = 1,
-        num_nodes: int = 1,
-        prune: bool = False,
+        cls, model: XCLIP | str | os.PathLike, videos: str | os.PathLike, out: str | os.PathLike, **kwargs
     ) -> VideoIndex:
         """Index every video under ``videos`` (recursively) into ``out``; an existing index there is updated:
-        only new or changed files are encoded, files that disappeared are dropped, entries that no longer agree
-        with their feature rows are encoded again. Another build into ``out`` at the same time is refused.
-
-        ``window``: seconds per moment of a long video (``WindowSelector``; None or 0: one item per file).
-        ``batch_size``: moments encoded together. ``device``: "auto" (a GPU when there is one), "cpu", "cuda"...;
-        on a GPU the encoders run under fp16 autocast. The index stores fp32 rows, or fp16 with ``half``.
-        ``approximate``: "auto" (an IVF first stage from ``ANN_MIN_ROWS`` moments, when faiss is installed), "on",
-        "off" (``ann.py``); kept up to date by every update. ``devices`` / ``num_nodes`` > 1: one process per device
-        through Lightning (``distributed_index.py``), each encoding its share of the videos into its own shards, the
-        first merging them into one version (``device`` then says the kind: "cpu" or "cuda").
+        only new or changed files are encoded, files that disappeared are dropped. Another build into ``out`` at the
+        same time is refused. Options (``build.build_index``): ``fps``, ``batch_size``, ``workers``, ``progress``,
+        ``flush_every``; ``window``: seconds per moment of a long video (None: one moment per file); ``device``:
+        "auto" (a GPU when there is one), "cpu", "cuda:1"... (fp16 autocast on a GPU, fp32 rows stored, fp16 with
+        ``half``); ``approximate``: "auto" (an IVF first stage from ``ann.ANN_MIN_ROWS`` moments, when faiss is
+        installed), "on", "off"; ``devices`` / ``num_nodes`` > 1: one process per device through Lightning
+        (``distributed.py``).
 
         Nothing a user has is lost: a missing ``videos`` folder, an ``out`` that holds other files, an update that
         finds no video it can index, or one that would drop more than half of the indexed videos because their files
         are gone (a wrong folder, a drive not mounted) stop before anything is written, the last with the advice to
         pass ``prune=True`` when the files were really deleted."""
-        if approximate not in ("auto", "on", "off"):
-            raise ValueError(f"approximate must be 'auto', 'on' or 'off', got {approximate!r}")
-        check_destination(Path(videos), Path(out))
-        window = window or None
-        model_dir = str(model) if not isinstance(model, XCLIP) else None
-        model = (load_search_model(model) if model_dir is not None else model).eval()
-        model.to(resolve_device(device))
-        settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
-        out, videos = Path(out), Path(videos).resolve()  # entries keep absolute paths
-        update = Update(
-            out, videos, model_fingerprint(model), settings, window, "float16" if half else "float32", model_dir,
-            approximate, batch_size, workers, flush_every, prune,
-        )  # fmt: skip
-        if devices > 1 or num_nodes > 1:
-            from xclip_lightning.index.distributed import build_distributed
-
-            plan, entries, failures, rank = build_distributed(model, update, device, devices, num_nodes)
-        else:
-            rank, created = 0, not out.exists()
-            try:
-                with writer_lock(out):
-                    try:
-                        plan = update.plan()
-                        writer = plan.writer(out)
-                        encode_videos(model, plan.todo, update, writer, progress)
-                        update.finish(writer)
-                    except BaseException:
-                        if not (out / MANIFEST).is_file():  # a new index that never published: leave nothing
-                            remove_unpublished(out)
-                        raise
-            finally:
-                if created and not (out / MANIFEST).is_file():
-                    (out / LOCK).unlink(missing_ok=True)
-                    with contextlib.suppress(OSError):
-                        out.rmdir()
-            entries, failures = writer.entries, writer.failures
-        model.cpu()  # searching encodes one query at a time: the CPU does it
-        moments = [IndexEntry(**e) for e in entries.values()]
-        index = cls(model, settings, moments, failures, out, plan.header["model_dir"])
-        index.encoded, index.repaired, index.removed = len(plan.todo) - len(failures), plan.problems, plan.removed
-        index.unreadable, index.window, index.rank = plan.unreadable, window, rank
-        return index
-
-    # ---- loading -----------------------------------------------------------------------------------------------
+        model, report = build_index(model, videos, out, **kwargs)
+        return cls(model, IndexStore.open(out), report)
 
     @classmethod
     def load(
         cls, folder: str | os.PathLike, model: XCLIP | str | os.PathLike | None = None, fingerprint: str | None = None
     ) -> VideoIndex:
-        """Open an index with all its features (memory-mapped when it has an approximate first stage: a large
-        index is never read whole); refuses one built by another model, and one whose manifest does not agree with
-        its files (saying how to repair it)."""
-        folder = Path(folder)
-        for attempt in range(2):  # a writer may publish (and delete the old shards) between our reads: read again
-            stamp = (folder / MANIFEST).stat().st_mtime_ns if (folder / MANIFEST).is_file() else None
-            manifest = read_manifest(folder)
-            entries, problems = check(folder, manifest)
-            large = bool(manifest.get("ann"))
-            try:
-                read = mapped_features if large else load_features
-                features = read(folder, entries) if not problems else None
-            except OSError as err:
-                problems = [str(err)]
-            if not problems or attempt or (folder / MANIFEST).stat().st_mtime_ns == stamp:
-                break
-        if problems:
-            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-            raise VideoIndexError(
-                f"{folder}: the manifest does not agree with the index files ({shown}). Repair: run "
-                f"`xclip-lightning index --model ... --videos {manifest.get('videos', '...')} --out {folder}` again; "
-                f"it keeps what agrees and encodes the rest"
-            )
-        model_dir = manifest.get("model_dir")
+        """Open an index (a few rows of its database: nothing is read per moment) with the model it records, or
+        ``model``; refuses one built by another model. ``fingerprint``: the model's, when known."""
+        store = IndexStore.open(folder)
         if model is None:
-            if not model_dir:
-                raise VideoIndexError(f"{folder} does not record its model folder: pass the model explicitly")
-            model = model_dir
+            model = store.meta.get("model")
+            if not model:
+                raise VideoIndexError(f"{folder} does not record its model: pass --model")
+            if os.path.isabs(model) and not Path(model).exists():
+                raise VideoIndexError(
+                    f"{folder} was built with the model {model}, which is not there any more: pass --model with its "
+                    f"new place"
+                )
         if not isinstance(model, XCLIP):
-            model_dir = str(model)
             model = load_search_model(model)
         model.eval()
-        if (fingerprint or model_fingerprint(model)) != manifest["model_fingerprint"]:
+        if (fingerprint or model_fingerprint(model)) != store.meta.get("model_fingerprint"):
             raise VideoIndexError(
                 f"{folder} was built by another model (weight fingerprint differs): its features are not comparable "
                 f"with this model's text features. Rebuild it with this model, or search with the one that built it"
             )
-        settings = SamplerSettings(**manifest["sampler"])
-        video = VideoFeatures(*(features[k] for k in FEATURE_KEYS))
-        index_entries = [IndexEntry(**e) for e in entries]
-        index = cls(model, settings, index_entries, manifest.get("failures", {}), folder, model_dir, video)
-        index.window = manifest.get("window")
-        if large:
-            index._coarse = approximate_stage(folder, manifest, entries)
-        return index
+        return cls(model, store)
+
+    def _refresh(self) -> None:
+        """Follow the published version: a writer may have published since the last query."""
+        version = self.store.version()
+        if version != self._version:
+            self.store.refresh()
+            self._stage, self._cache, self._version = None, {}, version
 
     # ---- searching ---------------------------------------------------------------------------------------------
 
@@ -253,30 +198,75 @@ class VideoIndex:
     ) -> list[list[SearchHit]]:
         """The ``k`` best moments per query, best first. ``candidates=None``: full score on every moment.
         ``per_video``: at most that many moments of one video (the next best of other videos fill the list)."""
+        if k < 1:
+            raise ValueError(f"k (the number of results) must be at least 1, got {k}")
         if per_video is not None and per_video < 1:
             raise ValueError(f"per_video must be at least 1, got {per_video}")
         queries = [queries] if isinstance(queries, str) else list(queries)
         tokens = self.model.tokenize(queries)
         text = self.model.encode_text(tokens.input_ids, tokens.word_mask)
-        return [
-            self._rank(TextFeatures(*(None if x is None else x[q : q + 1] for x in text)), k, candidates, per_video)
-            for q in range(len(queries))
-        ]
+        results = []
+        for q in range(len(queries)):
+            one = TextFeatures(*(None if x is None else x[q : q + 1] for x in text))
+            for attempt in range(2):
+                try:
+                    with self.store.snapshot():
+                        self._refresh()
+                        results.append(self._rank(one, k, candidates, per_video))
+                    break
+                except ShardError as err:
+                    if attempt == 0 and "is missing" in str(err):  # a writer published and cleaned up meanwhile
+                        self._version = -1
+                        continue
+                    raise self._damaged(err) from err
+        return results
+
+    def _damaged(self, err: Exception) -> VideoIndexError:
+        meta = self.store.meta
+        return VideoIndexError(
+            f"{self.folder}: {err}. Repair: `xclip-lightning index --verify {self.folder}` drops what is damaged, "
+            f"then `xclip-lightning index --model {meta.get('model', '...')} --videos {meta.get('videos', '...')} "
+            f"--out {self.folder}` encodes it again"
+        )
+
+    def _gather(
+        self, places: Sequence[IndexEntry | Location], keys: Sequence[str] = FEATURE_KEYS
+    ) -> dict[str, torch.Tensor]:
+        """The rows of these entries, verified (an entry edited by hand or a damaged row is refused)."""
+        bad = next((p for p in places if not p.agrees()), None)
+        if bad is not None:
+            problem = f"the entry of {bad.path} (moment {bad.moment}) was edited: its id is not that of its file"
+            raise self._damaged(ShardError(problem))
+        try:
+            return self.reader.gather([(p.shard, p.row, p.id) for p in places], keys)
+        except ShardError as err:
+            raise self._damaged(err) from err
 
     def _rank(self, text: TextFeatures, k: int, candidates: int | None, per_video: int | None) -> list[SearchHit]:
-        head, scale = self.model.head, self.model.logit_scale()
-        if self._coarse is None:  # the exact first stage, built on the first search (load sets the IVF one)
-            self._coarse = CoarseSearch(self.features.video, self.coarse_backend)
-        # grouping by video needs the whole re-scored list: every candidate is scored fully anyway
-        wanted = k if per_video is None else max(k, candidates or len(self.entries))
-        rows, scores = rank_videos(head, scale, text, self.features, wanted, candidates, self._coarse)
+        head, count = self.model.head, self.store.count()
+        if count == 0:
+            raise VideoIndexError(f"{self.folder} holds no moments yet: run `xclip-lightning index` to add videos")
+        k = min(k, count)
+        wanted = k if per_video is None else max(k, candidates or count)
+        if candidates is None or max(candidates, k) >= count:
+            places, scores = self._exhaustive(text, min(wanted, count))
+        else:
+            if self._stage is None:
+                self._stage = (
+                    ExactStage(*_all_vectors(self)) if self.exact_first_stage else first_stage(self.store, self.reader)
+                )
+            found = self.store.locate(self._stage.topk(coarse_query(head, text)[0], max(candidates, k)))
+            places, scores = self._score(text, list(found.values()), min(wanted, len(found)))
+        ranked = list(zip(places, scores, strict=True))
         if per_video is not None:
-            rows, scores = _at_most_per_video(rows, scores, [self.entries[r].path for r in rows.tolist()], per_video, k)
-        frames, mask = self.features.frames[rows], self.features.frame_mask[rows]
-        best = (frames @ text.sentence[0]).masked_fill(~mask, -torch.inf).argmax(dim=1)  # sentence-frame match
+            ranked = _at_most_per_video(ranked, per_video, k)
+        ranked = ranked[:k]
+        entries = self.store.entries_by_key(p.key for p, _ in ranked)
+        rows = self._gather([p for p, _ in ranked], ("frames", "frame_mask"))
+        best = (rows["frames"] @ text.sentence[0]).masked_fill(~rows["frame_mask"], -torch.inf).argmax(dim=1)
         hits = []
-        for rank, (row, score, b) in enumerate(zip(rows.tolist(), scores.tolist(), best.tolist(), strict=True)):
-            e = self.entries[row]
+        for rank, ((place, score), b) in enumerate(zip(ranked, best.tolist(), strict=True)):
+            e = entries[place.key]
             hits.append(
                 SearchHit(
                     e.path, e.start, e.end, score, rank + 1, b, e.timestamps[b], e.timestamps, e.thumbnail,
@@ -285,16 +275,60 @@ class VideoIndex:
             )  # fmt: skip
         return hits
 
+    def _score(self, text: TextFeatures, places: list[Location], k: int) -> tuple[list[Location], list[float]]:
+        """The best ``k`` of the candidates by the full X-CLIP score, best first, with their scores."""
+        if not places:
+            return [], []
+        rows = self._gather(places)
+        features = VideoFeatures(*(rows[key] for key in FEATURE_KEYS))
+        order, scores = rank_videos(
+            self.model.head, self.model.logit_scale(), text, features, min(k, len(places)), None
+        )
+        return [places[i] for i in order.tolist()], scores.tolist()
 
-def _at_most_per_video(rows: Tensor, scores: Tensor, paths: list[str], per_video: int, k: int) -> tuple[Tensor, Tensor]:
-    """The first ``k`` of the ranked ``rows`` that keep at most ``per_video`` moments of each video."""
+    def _exhaustive(self, text: TextFeatures, k: int) -> tuple[list[Location], list[float]]:
+        """Every moment fully scored, a block at a time: the best ``k``, best first (ties in storage order)."""
+        best: list[tuple[float, int, Location]] = []
+        locations = self.store.locations()
+        for start in range(0, len(locations), EXHAUSTIVE_BLOCK):
+            block = locations[start : start + EXHAUSTIVE_BLOCK]
+            places, scores = self._score(text, block, min(k, len(block)))
+            position = {p.key: start + i for i, p in enumerate(block)}
+            best += [(s, position[p.key], p) for p, s in zip(places, scores, strict=True)]
+        best.sort(key=lambda x: (-x[0], x[1]))
+        return [p for _, _, p in best[:k]], [s for s, _, _ in best[:k]]
+
+    def thumbnail(self, hit: SearchHit) -> bytes | None:
+        """The JPEG strip of a hit's moment, or None when it is missing, not a plain file of thumbs/ (a symlink is
+        never followed) or not the bytes the index wrote."""
+        if not THUMB_NAME.match(hit.thumbnail):
+            return None
+        try:
+            fd = os.open(self.folder / THUMBS / hit.thumbnail, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
+        expected = self.store.thumb_digest(hit.thumbnail.removesuffix(".jpg"))
+        return data if expected and hashlib.sha256(data).hexdigest() == expected else None
+
+
+def _all_vectors(index: VideoIndex) -> tuple[np.ndarray, torch.Tensor]:
+    """(keys, video vectors) of every entry: the exact first stage."""
+    locations = index.store.locations()
+    keys = np.array([p.key for p in locations], dtype=np.int64)
+    vectors = index.reader.gather([(p.shard, p.row, p.id) for p in locations], ("video",))["video"]
+    return keys, vectors
+
+
+def _at_most_per_video(ranked: list[tuple[Location, float]], per_video: int, k: int) -> list[tuple[Location, float]]:
+    """The first ``k`` of ``ranked`` that keep at most ``per_video`` moments of each video."""
     seen: dict[str, int] = {}
     keep = []
-    for i, path in enumerate(paths):
-        if seen.get(path, 0) < per_video:
-            seen[path] = seen.get(path, 0) + 1
-            keep.append(i)
+    for entry, score in ranked:
+        if seen.get(entry.path, 0) < per_video:
+            seen[entry.path] = seen.get(entry.path, 0) + 1
+            keep.append((entry, score))
             if len(keep) == k:
                 break
-    index = torch.tensor(keep, dtype=torch.long, device=rows.device)
-    return rows[index], scores[index]
+    return keep

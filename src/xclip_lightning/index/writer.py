@@ -1,0 +1,126 @@
+"""The writer of one update: feature rows buffered into shards, each shard published with its entries as one new
+version (a video's moments always in the same version), then compaction of shards that are mostly dead rows."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from xclip_lightning.index.ann import update_approximate
+from xclip_lightning.index.records import IndexEntry
+from xclip_lightning.index.shards import FEATURE_KEYS, SHARDS, ShardReader, fsync_write, shard_name, write_shard
+from xclip_lightning.index.store import THUMBS, IndexStore, VideoIndexError
+
+FLUSH_EVERY = 2048  # moments per shard
+FLUSH_SECONDS = 60.0  # a build publishes what it has encoded at least this often, so a killed build keeps it
+
+Row = tuple[IndexEntry, dict[str, Tensor]]  # an entry and its features: video [D], frames [T,D], frame_mask [T]
+
+
+def write_thumbnail(folder: Path, entry_id: str, jpeg: bytes) -> None:
+    """thumbs/<id>.jpg, written under a temporary name and renamed (a reader never sees half a file)."""
+    tmp = folder / THUMBS / f".{entry_id}.jpg.tmp"
+    fsync_write(tmp, jpeg)
+    os.replace(tmp, folder / THUMBS / f"{entry_id}.jpg")
+
+
+class IndexWriter:
+    """Publishes the versions of one index during an update. ``drop_paths``: videos whose entries go in the first
+    version (files gone, or entries found out of agreement); a video re-encoded replaces its old entries in the
+    version that adds its new ones, so search keeps finding it in between."""
+
+    def __init__(
+        self,
+        store: IndexStore,
+        dtype: torch.dtype = torch.float32,
+        flush_every: int = FLUSH_EVERY,
+        drop_paths: Iterable[str] = (),
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.store, self.folder, self.dtype, self.flush_every = store, store.folder, dtype, flush_every
+        self.meta = meta or {}  # the settings recorded with every version this writer publishes
+        self.drop_paths = set(drop_paths)
+        self.failures: dict[str, str] = {}
+        self.reported: set[str] = set()  # failures already published
+        self.pending: list[Row] = []
+        self.added = 0  # moments published by this writer
+        self.published_at = time.monotonic()
+        (self.folder / THUMBS).mkdir(parents=True, exist_ok=True)
+
+    def record_files(self, names: Sequence[str]) -> None:
+        """Files about to be written (``thumbs/<id>.jpg``): recorded first, so a killed writer leaves no orphan."""
+        self.store.record_files(names)
+
+    def fail(self, path: str, reason: str) -> None:
+        self.failures[path] = reason
+
+    def add_video(self, rows: Sequence[Row]) -> None:
+        """Add every moment of one video together: a version never holds part of a video."""
+        self.pending.extend(rows)
+        if len(self.pending) >= self.flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
+            self.flush()
+
+    def remaining(self) -> int:
+        """Entries the index would hold if the update ended now (what was kept, plus what was added)."""
+        dropped = sum(info.held for path, info in self.store.videos().items() if path in self._dropped())
+        return self.store.count() - dropped + len(self.pending)
+
+    def _dropped(self) -> set[str]:
+        return self.drop_paths | set(self.failures)
+
+    def flush(self) -> None:
+        """Write the pending rows as one shard and publish the version that holds them."""
+        shards, added = [], []
+        if self.pending:
+            name = shard_name()
+            self.record_files([f"{SHARDS}/{name}"])
+            tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
+            shards.append(write_shard(self.folder, name, tensors, [e.id for e, _ in self.pending], self.dtype))
+            added = [replace(e, shard=name, row=row) for row, (e, _) in enumerate(self.pending)]
+        failures = {p: r for p, r in self.failures.items() if p not in self.reported}
+        self.store.publish(added=added, shards=shards, drop_paths=self._dropped(), failures=failures, meta=self.meta)
+        self.reported |= set(failures)
+        self.drop_paths = set()
+        self.added += len(added)
+        self.pending = []
+        self.published_at = time.monotonic()
+
+    def finish(self, videos: Path, approximate: str) -> None:
+        """Publish the last rows (dropping what the update drops), compact, bring the approximate stage up to date
+        (``approximate``: auto / on / off). An update that would leave the index with no moment publishes nothing:
+        the previous version stays."""
+        if self.remaining() <= 0:
+            failed = "".join(f", e.g. {path}: {reason}" for path, reason in list(self.failures.items())[:1])
+            kept = ": the index was left as it was" if self.store.version() > 0 else ""
+            raise VideoIndexError(
+                f"no video could be indexed under {videos} ({len(self.failures)} failed{failed}){kept}"
+            )
+        self.flush()
+        self.compact()
+        update_approximate(self.store, approximate)
+
+    def compact(self) -> None:
+        """Move the live rows of shards that are mostly dead (deleted or replaced moments) into new shards."""
+        sparse = [
+            name
+            for name, rows, live in self.store.db.execute("SELECT name, rows, live FROM shards WHERE live * 2 < rows")
+        ]
+        if not sparse:
+            return
+        marks = ",".join("?" * len(sparse))
+        moved = self.store.entries(f"shard IN ({marks})", sparse, order="shard, row")
+        reader = ShardReader(self.folder, self.store.shard_record)
+        for start in range(0, len(moved), self.flush_every):
+            part = moved[start : start + self.flush_every]
+            features = reader.gather([(e.shard, e.row, e.id) for e in part])
+            name = shard_name()
+            self.record_files([f"{SHARDS}/{name}"])
+            record = write_shard(self.folder, name, features, [e.id for e in part], self.dtype)
+            self.store.publish(shards=[record], relocate=[(e.id, name, row) for row, e in enumerate(part)])
