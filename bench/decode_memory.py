@@ -34,7 +34,7 @@ print(tuple(frames.shape), (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss -
 """
 MEASURE_LONG = """
 import resource, sys
-from xclip_lightning.data.transforms import resize_crop
+from xclip_lightning.inputs.transforms import resize_crop
 from xclip_lightning.data.video import WindowSelector, sample_frames
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 windows = WindowSelector(30.0, 1.0, 12)

@@ -74,7 +74,7 @@ def write_index(folder: Path, moments: int, fingerprint: str) -> float:
         store = IndexStore.create(folder, meta)
         writer = IndexWriter(store, torch.float16, meta=meta)
         writer.record_files = lambda names: None  # no thumbnails are written here
-        for video in range(moments // PER_VIDEO):
+        for video in range(-(-moments // PER_VIDEO)):  # whole videos: at least ``moments`` moments
             writer.add_video(video_rows(video, generator))
         writer.flush()
         update_approximate(store, "auto")

@@ -5,7 +5,7 @@ Not Microsoft's X-CLIP for video recognition (transformers' ``XCLIPModel``).
 
 from typing import Any
 
-from xclip_lightning.data.tokenize import TokenizedText, tokenize
+from xclip_lightning.inputs.tokenize import TokenizedText, tokenize
 from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, retrieval_metrics
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead

@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from xclip_lightning.cli import CONFIGS, XCLIPCLI, trainer_defaults
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
+from xclip_lightning.lightning_cli import CONFIGS, XCLIPCLI, trainer_defaults
 from xclip_lightning.lightning_module import XCLIPRetrieval
 
 CONFIG = CONFIGS / "synthetic.yaml"

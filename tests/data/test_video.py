@@ -393,7 +393,7 @@ def test_a_stream_copied_open_gop_cut_falls_back_and_decodes(tmp_path, container
 
 
 def test_a_frame_transform_is_applied_frame_by_frame_with_the_same_pixels(videos):
-    from xclip_lightning.data.transforms import resize_crop
+    from xclip_lightning.inputs.transforms import resize_crop
 
     path = videos / "torchcodec_nasa_13013.mp4"
     whole = sample_frames(path, max_frames=6)

@@ -119,12 +119,24 @@ def test_an_index_with_an_approximate_stage_is_updated_incrementally_and_ranks_l
         for a, b in zip(index.search(captions, 5, candidates), reference.search(captions, 5, candidates), strict=True):
             same_hits(a, b)
 
-    (out / "ann" / record["file"]).write_bytes(b"garbage")  # corrupt: exact first stage, a warning
+    del index  # it maps the IVF file, which is about to be damaged by hand
+    ivf = out / "ann" / record["file"]
+    data = bytearray(ivf.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # the same size: found by the checksum computed in the background
+    ivf.write_bytes(bytes(data))
+    flipped = VideoIndex.load(out)
+    with pytest.warns(RuntimeWarning, match="approximate first stage is not usable.*does not match its checksum"):
+        flipped.search(captions[0], k=5, candidates=8)  # served while the checksum runs (the rows are verified)
+        if flipped._stage.backend == "faiss-ivf":
+            flipped._stage.checksum.join()
+            flipped.search(captions[0], k=5, candidates=8)
+    assert flipped._stage.backend == "torch"
+    ivf.write_bytes(b"garbage")  # truncated: the exact first stage at once, a warning
     fallback = VideoIndex.load(out)
     with pytest.warns(RuntimeWarning, match="approximate first stage is not usable.*checksum"):
         fallback_hits = fallback.search(captions, k=5, candidates=8)
     assert fallback._stage.backend == "torch"
-    for got, want in zip(fallback_hits, index.search(captions, k=5, candidates=8), strict=True):
+    for got, want in zip(fallback_hits, reference.search(captions, k=5, candidates=8), strict=True):
         same_hits(got, want)
     VideoIndex.build(model_dir, videos, out, workers=0, progress=False, window=2.0, approximate="off")
     assert ann_record(out) is None and not list((out / "ann").iterdir())

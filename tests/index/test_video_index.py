@@ -247,8 +247,8 @@ def test_zero_shot_search_with_any_clip_is_clip4clips_mean_of_frames_cosine(setu
     from transformers import AutoTokenizer, CLIPModel
 
     from xclip_lightning.data.frame_cache import SamplerSettings, VideoSource, decode_video
-    from xclip_lightning.data.transforms import normalize
     from xclip_lightning.index.video_index import ZERO_SHOT
+    from xclip_lightning.inputs.transforms import normalize
 
     model_dir, videos, captions = setup
     clip_dir = model_dir.parent / "clip"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from xclip_lightning.data.tokenize import PAD_ID, tokenize
+from xclip_lightning.inputs.tokenize import PAD_ID, tokenize
 from xclip_lightning.model.encoders import CLIPEncoders
 
 

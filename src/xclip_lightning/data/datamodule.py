@@ -36,8 +36,8 @@ from xclip_lightning.data.dataset import (
     worker_init,
 )
 from xclip_lightning.data.frame_cache import FrameCache, SamplerSettings
-from xclip_lightning.data.tokenize import tokenize
 from xclip_lightning.data.video import SamplingMode
+from xclip_lightning.inputs.tokenize import tokenize
 from xclip_lightning.model.head import DEFAULT_CLIP, DEFAULT_MAX_FRAMES, DEFAULT_MAX_WORDS
 
 Benchmark = Literal["msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "generic"]

@@ -24,8 +24,8 @@ from torch.utils.data import Dataset, RandomSampler, default_collate
 
 from xclip_lightning.data.benchmarks.common import VideoRecord
 from xclip_lightning.data.frame_cache import FrameCache, SamplerSettings, VideoSource, decode_video
-from xclip_lightning.data.tokenize import TokenizedText
 from xclip_lightning.data.video import VideoDecodeError
+from xclip_lightning.inputs.tokenize import TokenizedText
 
 BadVideoPolicy = Literal["error", "skip"]
 Item = dict[str, Tensor]

@@ -37,8 +37,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from xclip_lightning.data.transforms import resize_crop
 from xclip_lightning.data.video import SamplingMode, sample_frames
+from xclip_lightning.inputs.transforms import resize_crop
 
 CACHE_VERSION = 2  # bump when the stored layout or the sampler's output changes (2: .npy size in the metadata)
 PARENT_CHECK_SECONDS = 1.0  # how often a cache worker checks that its parent is alive

@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import secrets
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,40 @@ def write(index: Any, path: str) -> None:
     _faiss().write_index(index, path)
 
 
+class _Checksum(threading.Thread):
+    """The SHA-256 of a file, computed in the background (hashlib releases the GIL): ``problem`` says when it
+    does not match."""
+
+    def __init__(self, path: Path, sha256: str) -> None:
+        super().__init__(daemon=True)
+        self.path, self.sha256, self.problem = path, sha256, None
+        self.start()
+
+    def run(self) -> None:
+        digest = hashlib.sha256()
+        try:
+            with open(self.path, "rb") as f:
+                while block := f.read(1 << 24):
+                    digest.update(block)
+        except OSError as err:
+            self.problem = str(err)
+            return
+        if digest.hexdigest() != self.sha256:
+            self.problem = f"{self.path} does not match its checksum"
+
+
+def open_mapped(path: Path, record: dict[str, Any]) -> tuple[Any, _Checksum]:
+    """The IVF index in ``path`` memory-mapped (nothing is read until a query probes its lists), after checking its
+    size; its checksum is verified in the background (``_Checksum``)."""
+    if path.stat().st_size != record["size"]:
+        raise VideoIndexError(
+            f"{path} does not match its checksum (it holds {path.stat().st_size} bytes, not {record['size']})"
+        )
+    faiss = _faiss()
+    flag = getattr(faiss, "IO_FLAG_MMAP_IFC", faiss.IO_FLAG_MMAP)
+    return faiss.read_index(str(path), flag), _Checksum(path, record["sha256"])
+
+
 def read(path: Path, sha256: str) -> Any:
     """The IVF index in ``path``, after checking its bytes against ``sha256`` (read once, hashed, deserialised)."""
     data = np.fromfile(path, dtype=np.uint8)
@@ -121,10 +156,17 @@ class ApproximateSearch:
         extra_vectors: Tensor,
         nprobe: int = DEFAULT_NPROBE,
         removed: np.ndarray | None = None,
+        checksum: _Checksum | None = None,
     ) -> None:
         self.index, self.extra_keys, self.extra_vectors = index, extra_keys, extra_vectors
+        self.checksum = checksum
         self.removed = np.sort(removed) if removed is not None else np.zeros(0, dtype=np.int64)
         _faiss().extract_index_ivf(index).nprobe = nprobe
+
+    @property
+    def problem(self) -> str | None:
+        """Why the IVF file cannot be trusted, once its background checksum has found it out (else None)."""
+        return self.checksum.problem if self.checksum is not None else None
 
     def topk(self, query: Tensor, k: int) -> np.ndarray:
         """query [D] (from ``coarse_query``) -> the keys of the best ``k`` moments, best first."""
@@ -159,19 +201,25 @@ def first_stage(store: IndexStore, reader: ShardReader) -> ExactStage | Approxim
         problem = None if available() else "faiss is not installed (pip install faiss-cpu)"
         if problem is None:
             try:
-                index = read(store.folder / ANN / record["file"], record["sha256"])
+                index, checksum = open_mapped(store.folder / ANN / record["file"], record)
             except (OSError, VideoIndexError, RuntimeError, KeyError) as err:
                 problem = str(err)
         if problem is None:
             removed = np.array(store.ann_removed(), dtype=np.int64)
-            return ApproximateSearch(index, *_vectors(store, reader, "in_ann = 0"), removed=removed)
-        warnings.warn(
-            f"{store.folder}: the approximate first stage is not usable ({problem}): every video vector is scored "
-            f"instead (exact, slower); `xclip-lightning index` rebuilds it",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+            extra = _vectors(store, reader, "in_ann = 0")
+            return ApproximateSearch(index, *extra, removed=removed, checksum=checksum)
+        warn_exact(store.folder, problem)
     return ExactStage(*_vectors(store, reader))
+
+
+def warn_exact(folder: Path, problem: str) -> None:
+    """Say why the exact first stage is used in place of the approximate one."""
+    warnings.warn(
+        f"{folder}: the approximate first stage is not usable ({problem}): every video vector is scored instead "
+        f"(exact, slower); `xclip-lightning index` rebuilds it",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def update_approximate(store: IndexStore, mode: str) -> None:
@@ -214,5 +262,6 @@ def update_approximate(store: IndexStore, mode: str) -> None:
     fsync_write(tmp)
     os.replace(tmp, store.folder / ANN / name)
     digest = hashlib.sha256(np.fromfile(store.folder / ANN / name, dtype=np.uint8)).hexdigest()
-    ann = {"file": name, "sha256": digest, "rows": int(index.ntotal), "trained_on": trained_on}
+    size = (store.folder / ANN / name).stat().st_size
+    ann = {"file": name, "sha256": digest, "size": size, "rows": int(index.ntotal), "trained_on": trained_on}
     store.publish(meta={"ann": ann}, ann_files=[name], in_ann=True)

@@ -21,12 +21,12 @@ from tqdm.auto import tqdm
 
 from xclip_lightning.data.dataset import pad_frames, worker_init
 from xclip_lightning.data.frame_cache import SamplerSettings
-from xclip_lightning.data.transforms import resize_crop
 from xclip_lightning.data.video import WindowSelector, sample_frames
 from xclip_lightning.index.plan import Update
 from xclip_lightning.index.records import IndexEntry, entry_id
 from xclip_lightning.index.store import THUMBS, VideoIndexError
 from xclip_lightning.index.writer import IndexWriter, Row, write_thumbnail
+from xclip_lightning.inputs.transforms import resize_crop
 from xclip_lightning.model.xclip import XCLIP, XCLIP_CONFIG_FILE, update_with_tensors
 
 THUMB_HEIGHT = 64  # pixels of the thumbnail strip
@@ -185,7 +185,9 @@ def encode_videos(model: XCLIP, todo: list[Path], update: Update, writer: IndexW
     """Decode ``todo`` in DataLoader workers and encode it into ``writer`` (one process)."""
     encoder = Encoder(model, update, writer)
     batches = loader(todo, update, encoder.device.type == "cuda")
-    with tqdm(total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=not progress) as bar:
+    with tqdm(
+        total=len(todo), desc=f"indexing {len(todo)} videos", unit="video", disable=None if progress else True
+    ) as bar:
         for item in batches:
             bar.update(1)
             encoder.add(todo[item["index"]], item)

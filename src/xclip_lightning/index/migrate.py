@@ -19,7 +19,16 @@ from safetensors import safe_open
 
 from xclip_lightning.index.records import IndexEntry
 from xclip_lightning.index.shards import SHARDS, ShardRecord, shard_digests
-from xclip_lightning.index.store import ANN, MANIFEST, THUMB_NAME, THUMBS, IndexStore, VideoIndexError
+from xclip_lightning.index.store import (
+    ANN,
+    DATABASE,
+    MANIFEST,
+    THUMB_NAME,
+    THUMBS,
+    IndexStore,
+    VideoIndexError,
+    writer_lock,
+)
 
 PREVIOUS_VERSION = 3
 
@@ -102,3 +111,17 @@ def migrate_manifest(folder: Path) -> None:
 
     IndexStore.create(folder, meta, fill).close()
     path.unlink()
+
+
+def open_index(folder: str | os.PathLike, locked: bool = False) -> IndexStore:
+    """Open the index in ``folder``, migrating a format-3 one first (under the writer lock, taken here unless the
+    caller holds it: ``locked``)."""
+    folder = Path(folder)
+    if not (folder / DATABASE).is_file() and (folder / MANIFEST).is_file():
+        if locked:
+            migrate_manifest(folder)
+        else:
+            with writer_lock(folder):
+                if not (folder / DATABASE).is_file():
+                    migrate_manifest(folder)
+    return IndexStore.open(folder)

@@ -12,6 +12,7 @@ from typing import Any
 
 from xclip_lightning.data.benchmarks.common import VIDEO_EXTENSIONS
 from xclip_lightning.data.frame_cache import SamplerSettings
+from xclip_lightning.index.migrate import open_index
 from xclip_lightning.index.store import IndexStore, VideoIndexError, VideoInfo, foreign_files, is_index
 
 DEFAULT_WINDOW = 30.0  # seconds per moment of a long video (README "Moments"); a clip under 45 s stays one moment
@@ -90,7 +91,7 @@ class Update:
         have been built with this model and these settings; files a killed writer left are deleted."""
         if not is_index(self.out):
             return IndexStore.create(self.out, self.meta())
-        store = IndexStore.open(self.out)
+        store = open_index(self.out, locked=True)
         meta, out = store.meta, self.out
         if meta.get("model_fingerprint") != self.fingerprint:
             raise VideoIndexError(
@@ -113,6 +114,7 @@ class Update:
                 f"{'add' if meta.get('feature_dtype') == 'float16' else 'leave out'} --half, or choose another --out"
             )
         store.collect_garbage(leftovers=True)
+        store.reconcile()
         return store
 
     def plan(self, store: IndexStore) -> Plan:

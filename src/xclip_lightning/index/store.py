@@ -16,7 +16,7 @@ moments, and opening an index reads a few rows of ``meta``: nothing is read or v
 a query needs it (``ShardReader``). A file is recorded in ``files`` before it is written; files of a killed
 writer that never got published, and files of rows a version dropped, are deleted by the next writer.
 
-Indexes of format 3 (one ``manifest.json``) are migrated in place the first time they are opened.
+Indexes of format 3 (one ``manifest.json``) are migrated in place the first time they are opened (``migrate.py``).
 """
 
 from __future__ import annotations
@@ -67,6 +67,10 @@ CREATE INDEX entries_not_in_ann ON entries (in_ann) WHERE in_ann = 0;
 CREATE TABLE ann_removed (key INTEGER PRIMARY KEY);
 CREATE TABLE failures (path TEXT PRIMARY KEY, reason TEXT NOT NULL);
 CREATE TABLE files (name TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE INDEX files_to_delete ON files (state) WHERE state != 'live';
+CREATE TABLE videos (path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, moments INTEGER NOT NULL,
+                     held INTEGER NOT NULL);
+CREATE INDEX videos_by_path ON videos (path);
 """
 _ENTRY_COLUMNS = (
     "path, size, mtime_ns, duration, timestamps, id, moment, moments, start_s, end_s, shard, row, thumb_sha256"
@@ -170,19 +174,14 @@ class IndexStore:
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> IndexStore:
-        """Open the index in ``folder`` (a format-3 index is migrated first, under the writer lock)."""
+        """Open the index in ``folder`` (``migrate.open_index`` migrates a format-3 one first)."""
         folder = Path(folder)
         if not (folder / DATABASE).is_file():
             if (folder / MANIFEST).is_file():
-                from xclip_lightning.index.migrate import migrate_manifest
-
-                with writer_lock(folder):
-                    if not (folder / DATABASE).is_file():
-                        migrate_manifest(folder)
-            else:
-                raise VideoIndexError(
-                    f"{folder} is not a video index (no {DATABASE}): build one with `xclip-lightning index`"
-                )
+                raise VideoIndexError(f"{folder} is an index of format 3: open it with migrate.open_index")
+            raise VideoIndexError(
+                f"{folder} is not a video index (no {DATABASE}): build one with `xclip-lightning index`"
+            )
         try:
             store = cls(folder, _connect(folder / DATABASE))
         except sqlite3.DatabaseError as err:
@@ -282,10 +281,10 @@ class IndexStore:
         return found
 
     def videos(self) -> dict[str, VideoInfo]:
-        """Each indexed video (its path): the file version and how many of its moments the index holds."""
-        query = "SELECT path, size, mtime_ns, max(moments), count(*) FROM entries GROUP BY path, size, mtime_ns"
+        """Each indexed video (its path): the file version and how many of its moments the index holds (one row a
+        video, kept up to date by ``publish``)."""
         found: dict[str, VideoInfo] = {}
-        for path, size, mtime_ns, moments, held in self.db.execute(query):
+        for path, size, mtime_ns, moments, held in self.db.execute("SELECT * FROM videos"):
             if path in found:  # two versions of one file: neither is whole, encode it again
                 found[path] = VideoInfo(-1, -1, 0, 0)
             else:
@@ -331,16 +330,17 @@ class IndexStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             paths = sorted(set(drop_paths) | {e.path for e in added})
-            gone: list[tuple[int, str, str, int]] = []
+            gone: list[tuple[int, str, str, int, str]] = []
             for part in _chunks(paths):
                 marks = ",".join("?" * len(part))
                 gone += db.execute(
-                    f"SELECT key, id, shard, in_ann FROM entries WHERE path IN ({marks})", part
+                    f"SELECT key, id, shard, in_ann, path FROM entries WHERE path IN ({marks})", part
                 ).fetchall()
             for part in _chunks(list(drop_ids)):
                 marks = ",".join("?" * len(part))
-                gone += db.execute(f"SELECT key, id, shard, in_ann FROM entries WHERE id IN ({marks})", part).fetchall()
-            gone = list({key: (key, i, s, a) for key, i, s, a in gone}.values())
+                query = f"SELECT key, id, shard, in_ann, path FROM entries WHERE id IN ({marks})"
+                gone += db.execute(query, part).fetchall()
+            gone = list({g[0]: g for g in gone}.values())
             for part in _chunks([g[0] for g in gone]):
                 db.execute(f"DELETE FROM entries WHERE key IN ({','.join('?' * len(part))})", part)
             db.executemany("INSERT INTO ann_removed VALUES (?) ON CONFLICT DO NOTHING", [(g[0],) for g in gone if g[3]])
@@ -348,7 +348,7 @@ class IndexStore:
                 "UPDATE files SET state = 'garbage' WHERE name = ?", [(f"{THUMBS}/{g[1]}.jpg",) for g in gone]
             )
             dead: dict[str, int] = {}
-            for _, _, shard, _ in gone:
+            for _, _, shard, _, _ in gone:
                 dead[shard] = dead.get(shard, 0) + 1
             db.executemany("UPDATE shards SET live = live - ? WHERE name = ?", [(n, s) for s, n in dead.items()])
             db.executemany(
@@ -377,6 +377,7 @@ class IndexStore:
             for (name,) in db.execute("SELECT name FROM shards WHERE live <= 0").fetchall():
                 db.execute("DELETE FROM shards WHERE name = ?", (name,))
                 db.execute("UPDATE files SET state = 'garbage' WHERE name = ?", (f"{SHARDS}/{name}",))
+            self._count_videos(sorted(set(paths) | {g[4] for g in gone}))
             db.executemany("DELETE FROM failures WHERE path = ?", [(e.path,) for e in added])
             db.executemany("INSERT OR REPLACE INTO failures VALUES (?, ?)", list((failures or {}).items()))
             if in_ann:
@@ -401,6 +402,45 @@ class IndexStore:
             raise
         self.refresh()
         self.collect_garbage()
+
+    def _count_videos(self, paths: Sequence[str]) -> None:
+        """Bring the ``videos`` rows of these paths in line with their entries (inside ``publish``)."""
+        for part in _chunks(list(paths)):
+            marks = ",".join("?" * len(part))
+            self.db.execute(f"DELETE FROM videos WHERE path IN ({marks})", part)
+            self.db.execute(
+                f"INSERT INTO videos SELECT path, size, mtime_ns, max(moments), count(*) FROM entries "
+                f"WHERE path IN ({marks}) GROUP BY path, size, mtime_ns",
+                part,
+            )
+
+    def reconcile(self) -> bool:
+        """Recount the ``videos`` rows and the entry count when they disagree with the entries (the database was
+        edited by hand); True when they did. Writer only; costs one count of the entries."""
+        entries = self.db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        held = self.db.execute("SELECT coalesce(sum(held), 0) FROM videos").fetchone()[0]
+        if entries == held == self.count():
+            return False
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute("DELETE FROM videos")
+            self.db.execute(
+                "INSERT INTO videos SELECT path, size, mtime_ns, max(moments), count(*) FROM entries "
+                "GROUP BY path, size, mtime_ns"
+            )
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('count', ?)", (json.dumps(entries),))
+        self.refresh()
+        return True
+
+    def held(self, paths: Iterable[str]) -> int:
+        """How many moments the index holds of these videos."""
+        total = 0
+        for part in _chunks(list(paths)):
+            marks = ",".join("?" * len(part))
+            total += self.db.execute(
+                f"SELECT coalesce(sum(held), 0) FROM videos WHERE path IN ({marks})", part
+            ).fetchone()[0]
+        return total
 
     def collect_garbage(self, leftovers: bool = False) -> None:
         """Delete the files recorded as no longer needed (and, with ``leftovers``, those a killed writer recorded

@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xclip_lightning.index.migrate import open_index
 from xclip_lightning.index.shards import ShardError, ShardReader
-from xclip_lightning.index.store import ANN, THUMBS, IndexStore, writer_lock
+from xclip_lightning.index.store import ANN, THUMBS, writer_lock
 
 
 @dataclass
@@ -49,8 +50,10 @@ def verify_index(folder: str | os.PathLike) -> Verification:
     folder = Path(folder)
     found = Verification()
     with writer_lock(folder):
-        store = IndexStore.open(folder)
+        store = open_index(folder, locked=True)
         try:
+            if store.reconcile():
+                found.problems.append("the count of moments per video disagreed with the entries (recounted)")
             reader = ShardReader(folder, store.shard_record)
             bad_shards: set[str] = set()
             for name in store.shard_names():

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 
 from xclip_lightning.data.frame_cache import SamplerSettings
-from xclip_lightning.index.ann import ApproximateSearch, ExactStage, first_stage
+from xclip_lightning.index.ann import ApproximateSearch, ExactStage, first_stage, warn_exact
 from xclip_lightning.index.build import build_index
 from xclip_lightning.index.encode import load_search_model, model_fingerprint, resolve_device
+from xclip_lightning.index.migrate import open_index
 from xclip_lightning.index.ranking import DEFAULT_CANDIDATES, EXHAUSTIVE_BLOCK, coarse_query, rank_videos
 from xclip_lightning.index.records import BuildReport, IndexEntry, SearchHit, item_id
 from xclip_lightning.index.shards import FEATURE_KEYS, ShardError, ShardReader
@@ -159,7 +160,7 @@ class VideoIndex:
     ) -> VideoIndex:
         """Open an index (a few rows of its database: nothing is read per moment) with the model it records, or
         ``model``; refuses one built by another model. ``fingerprint``: the model's, when known."""
-        store = IndexStore.open(folder)
+        store = open_index(folder)
         if model is None:
             model = store.meta.get("model")
             if not model:
@@ -255,7 +256,14 @@ class VideoIndex:
                 self._stage = (
                     ExactStage(*_all_vectors(self)) if self.exact_first_stage else first_stage(self.store, self.reader)
                 )
-            found = self.store.locate(self._stage.topk(coarse_query(head, text)[0], max(candidates, k)))
+            query = coarse_query(head, text)[0]
+            found = self.store.locate(self._stage.topk(query, max(candidates, k)))
+            if isinstance(self._stage, ApproximateSearch) and self._stage.checksum is not None and not found:
+                self._stage.checksum.join()  # no candidate at all from a full index: is the IVF file damaged?
+            if getattr(self._stage, "problem", None):  # the IVF file failed its background checksum
+                warn_exact(self.folder, self._stage.problem)
+                self._stage = ExactStage(*_all_vectors(self))
+                found = self.store.locate(self._stage.topk(query, max(candidates, k)))
             places, scores = self._score(text, list(found.values()), min(wanted, len(found)))
         ranked = list(zip(places, scores, strict=True))
         if per_video is not None:

@@ -69,8 +69,7 @@ class IndexWriter:
 
     def remaining(self) -> int:
         """Entries the index would hold if the update ended now (what was kept, plus what was added)."""
-        dropped = sum(info.held for path, info in self.store.videos().items() if path in self._dropped())
-        return self.store.count() - dropped + len(self.pending)
+        return self.store.count() - self.store.held(self._dropped()) + len(self.pending)
 
     def _dropped(self) -> set[str]:
         return self.drop_paths | set(self.failures)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from transformers import CLIPModel
 
-from xclip_lightning.data.transforms import normalize
+from xclip_lightning.inputs.transforms import normalize
 
 Attention = Literal["sdpa", "eager"]
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
 
-from xclip_lightning.data.tokenize import TokenizedText, tokenize
+from xclip_lightning.inputs.tokenize import TokenizedText, tokenize
 from xclip_lightning.model.encoders import Attention, CLIPEncoders
 from xclip_lightning.model.head import (
     DEFAULT_BLOCK_ELEMENTS,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from xclip_lightning.data.transforms import CLIP_MEAN, CLIP_STD, normalize, resize_crop
+from xclip_lightning.inputs.transforms import CLIP_MEAN, CLIP_STD, normalize, resize_crop
 
 # Measured here: at most 2/255 per pixel, on a few pixels at sharp edges (2/255 over CLIP's smallest std 0.2613 =
 # 0.0300 after normalisation); the mean difference is ~5e-5 and more than 99.9% of values are within 1/255.

@@ -13,7 +13,7 @@ import pytest
 import regex
 from transformers import AutoTokenizer
 
-from xclip_lightning.data.tokenize import tokenize
+from xclip_lightning.inputs.tokenize import tokenize
 
 # raw web text as it occurs in the benchmark captions (real-data-notes.md), with an ASCII twin in mind for each
 CAPTIONS = [

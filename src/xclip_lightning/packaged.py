@@ -1,0 +1,45 @@
+"""The configs shipped in the wheel (``xclip_lightning/configs``), found by name: ``--config msrvtt/vitb32`` works
+from any directory. Imports nothing heavy: every command line passes through it."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+
+CONFIGS = Path(__file__).parent / "configs"  # shipped in the wheel: --config msrvtt/vitb32 finds them anywhere
+
+
+def packaged_config(name: str) -> Path | None:
+    """``msrvtt/vitb32`` (or ``msrvtt/vitb32.yaml``) -> the packaged file, when there is one."""
+    candidate = CONFIGS / (name if name.endswith(".yaml") else f"{name}.yaml")
+    return candidate if candidate.is_file() and CONFIGS in candidate.resolve().parents else None
+
+
+class UnknownConfig(ValueError):
+    """``--config`` names neither a file nor a packaged config."""
+
+
+def names() -> list[str]:
+    """Every packaged config's name (``msrvtt/vitb32``, ...)."""
+    return sorted(str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml"))
+
+
+def resolve_configs(argv: Sequence[str]) -> list[str]:
+    """``--config NAME`` of a packaged config becomes its path; a file is always taken as it is (a folder of the
+    same name in the current directory is not a config); anything else is ``UnknownConfig``, naming close names."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        value, prefix = None, ""
+        if arg.startswith("--config="):
+            value, prefix = arg.removeprefix("--config="), "--config="
+        elif arg == "--config" and i + 1 < len(out):
+            value, i = out[i + 1], i + 1
+        if value is None or Path(value).is_file():
+            continue
+        if (found := packaged_config(value)) is None:
+            close = difflib.get_close_matches(value.removesuffix(".yaml"), names(), n=4, cutoff=0.5)
+            hint = f"did you mean {', '.join(close)}?" if close else f"packaged: {', '.join(names())}"
+            raise UnknownConfig(f"--config {value}: no such file, and no packaged config of that name ({hint})")
+        out[i] = prefix + str(found)
+    return out
