@@ -13,6 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import NoReturn
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: escape sequences, bells, carriage returns
 
@@ -21,6 +22,13 @@ def terminal_safe(text: object) -> str:
     """``text`` with control characters written as ``\\xNN``: a file name cannot move the cursor, retitle the
     window, or hide itself from the person reading the output."""
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line (the usage is in ``--help``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _positive(text: str) -> int:
@@ -37,6 +45,23 @@ def _at_least_zero(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (decode in this process) or more, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not value >= 0:
@@ -46,7 +71,7 @@ def _non_negative_float(text: str) -> float:
 
 def export(argv: Sequence[str]) -> None:
     """A Lightning checkpoint -> a folder loadable by ``XCLIP.from_pretrained`` (safetensors, configs, tokenizer)."""
-    parser = argparse.ArgumentParser(prog="xclip-lightning export", description=export.__doc__)
+    parser = _Parser(prog="xclip-lightning export", description=export.__doc__)
     parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by xclip-lightning fit")
     parser.add_argument("--out", required=True, help="folder to write")
     args = parser.parse_args(argv)
@@ -61,7 +86,7 @@ def index(argv: Sequence[str]) -> None:
     """Sample and encode every video under a folder into an index; re-running encodes only new or changed files."""
     from xclip_lightning.index.plan import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW, DEFAULT_WORKERS
 
-    parser = argparse.ArgumentParser(prog="xclip-lightning index", description=index.__doc__)
+    parser = _Parser(prog="xclip-lightning index", description=index.__doc__)
     parser.add_argument(
         "--model",
         help="a folder written by export (the full X-CLIP score), or any CLIP folder or hub name (zero-shot)",
@@ -74,7 +99,7 @@ def index(argv: Sequence[str]) -> None:
         help="check every file of the index INDEX (shards, entries, thumbnails) and drop what is damaged; the next "
         "`index` encodes those videos again",
     )
-    parser.add_argument("--fps", type=float, default=1.0, help="frames sampled per second (default 1)")
+    parser.add_argument("--fps", type=_positive_float, default=1.0, help="frames sampled per second (default 1)")
     parser.add_argument(
         "--window",
         type=_non_negative_float,
@@ -90,7 +115,7 @@ def index(argv: Sequence[str]) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=_non_negative_int,
         default=DEFAULT_WORKERS,
         help=f"decoding processes (default {DEFAULT_WORKERS}: this machine's cores, at most 8)",
     )
@@ -165,7 +190,7 @@ def search(argv: Sequence[str]) -> None:
     """Rank the indexed videos for each text query by the full X-CLIP score."""
     from xclip_lightning.index.ranking import DEFAULT_CANDIDATES
 
-    parser = argparse.ArgumentParser(prog="xclip-lightning search", description=search.__doc__)
+    parser = _Parser(prog="xclip-lightning search", description=search.__doc__)
     parser.add_argument("queries", nargs="+", help="one or more text queries")
     parser.add_argument("--index", required=True, help="folder written by xclip-lightning index")
     parser.add_argument("--top-k", type=_positive, default=10, help="results per query (default 10)")
@@ -231,7 +256,7 @@ def demo(argv: Sequence[str]) -> None:
 def convert(argv: Sequence[str]) -> None:
     """Turn an official X-CLIP / CLIP4Clip checkpoint into a model folder, or OpenAI CLIP weights into a CLIP
     folder (see convert.py); loading never runs pickled code."""
-    parser = argparse.ArgumentParser(prog="xclip-lightning convert", description=convert.__doc__)
+    parser = _Parser(prog="xclip-lightning convert", description=convert.__doc__)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--official", help="an official checkpoint (pytorch_model.bin.N): -> XCLIP.from_pretrained")
     source.add_argument("--openai-clip", help="an OpenAI CLIP state dict: -> a CLIP folder for clip_name_or_path")

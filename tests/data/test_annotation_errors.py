@@ -209,3 +209,15 @@ def test_didemo_any_naming_finds_every_id_and_the_official_rule_says_what_it_dro
         official = read_didemo(mini.annotations, mini.videos, "val", lookup="official")
     assert [r.video_id for r in official] == ["12090392@N02_13482799053_87ef417396.mov"]
     assert official[0].video_path.name == "12090392@N02_13482799053_87ef417396.mov.mp4"
+
+
+def test_an_unknown_split_value_names_its_line_and_the_valid_splits(tmp_path, videos):
+    """A typo in one entry's split would silently drop that entry from every split: it is an error instead."""
+    path = tmp_path / "ann.jsonl"
+    lines = [json.dumps({"video": "a.mp4", "caption": f"caption {i}", "split": "train"}) for i in range(40)]
+    lines[12] = json.dumps({"video": "b.mp4", "caption": "a typo", "split": "trian"})
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(
+        AnnotationError, match=r"ann\.jsonl:13: split 'trian' is not one of train, val, test \(did you mean 'train'\?\)"
+    ):
+        read_generic(path, videos, "train")

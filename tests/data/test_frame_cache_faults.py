@@ -19,9 +19,13 @@ SETTINGS = SamplerSettings(fps=1.0, max_frames=4, image_size=32)
 COPIES = 30
 
 SLOW_BUILD = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
 from xclip_lightning.data import frame_cache as fc
+
+# A process started from a background job inherits SIGINT as ignored, and Python then installs no KeyboardInterrupt
+# handler: this child stands for a process in a terminal's foreground, where Ctrl-C reaches it, so it installs one.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 real = fc.decode_video
 def slow(source, settings):  # 0.3 s a video: the build lasts long enough to be interrupted
@@ -97,7 +101,10 @@ def alive(pids: set[int]) -> set[int]:
 
 def start_slow_build(folder: Path, videos: list[Path]) -> tuple[subprocess.Popen, set[int]]:
     process = subprocess.Popen(
-        [sys.executable, "-c", SLOW_BUILD, str(folder), *map(str, videos)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SLOW_BUILD, str(folder), *map(str, videos)],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # as when the suite runs in a background job
     )
     assert process.stdout.readline().strip() == "started"
     deadline = time.monotonic() + 30

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,29 @@ def test_the_library_keeps_the_index_too(built):
     with pytest.raises(VideoIndexError, match="no such folder"):
         VideoIndex.build(model, "/nonexistent/videos", out, workers=0, progress=False)
     assert snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("--fps", "0", "argument --fps: must be more than 0, got 0"),
+        ("--fps", "-1", "argument --fps: must be more than 0, got -1"),
+        ("--workers", "-1", "argument --workers: must be 0 (decode in this process) or more, got -1"),
+        ("--model", "/nonexistent/model", "--model /nonexistent/model: no such folder"),
+    ],
+)
+def test_bad_values_are_refused_in_one_line_before_anything_is_made(setup, tmp_path, capsys, option, value, words):
+    model, videos = setup
+    args = {"--model": str(model), "--videos": str(videos), "--out": str(tmp_path / "ix"), option: value}
+    err = fails(capsys, "index", *[x for pair in args.items() for x in pair])
+    assert words in err and not (tmp_path / "ix").exists()
+
+
+def test_a_mistake_is_one_line_from_the_real_command(setup, tmp_path):
+    """As a user runs it: the installed entry point in a subprocess, no traceback, a non-zero exit."""
+    model, _ = setup
+    command = [sys.executable, "-m", "xclip_lightning.cli", "index", "--model", str(model)]
+    run = subprocess.run([*command, "--videos", "/nonexistent/videos", "--out", str(tmp_path / "ix")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 1 and "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert "--videos /nonexistent/videos: no such folder" in run.stderr and not (tmp_path / "ix").exists()

@@ -20,7 +20,7 @@ from xclip_lightning.index.plan import (
     model_reference,
 )
 from xclip_lightning.index.records import BuildReport
-from xclip_lightning.index.store import LOCK, is_index, remove_unpublished, writer_lock
+from xclip_lightning.index.store import LOCK, VideoIndexError, is_index, remove_unpublished, writer_lock
 from xclip_lightning.index.writer import FLUSH_EVERY, IndexWriter
 from xclip_lightning.model.xclip import XCLIP
 
@@ -53,6 +53,9 @@ def build_index(
     out, videos = Path(out), Path(videos)
     check_destination(videos, out)
     reference = model_reference(model) if not isinstance(model, XCLIP) else None
+    if reference is not None and _looks_like_a_path(reference) and not Path(reference).exists():
+        raise VideoIndexError(f"--model {model}: no such folder (give a model folder, or a hub name such as "
+                              f"openai/clip-vit-base-patch32)")  # fmt: skip
     model = (load_search_model(reference) if reference is not None else model).eval()
     model.to(resolve_device(device))
     settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
@@ -67,6 +70,13 @@ def build_index(
     else:
         report = _build_here(model, update, progress)
     return model.cpu(), report  # searching encodes one query at a time: the CPU does it
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A hub name is ``owner/name``; anything absolute, relative to here, or deeper is a folder."""
+    return (
+        os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+    )
 
 
 def _build_here(model: XCLIP, update: Update, progress: bool) -> BuildReport:

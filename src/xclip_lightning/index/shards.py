@@ -17,6 +17,7 @@ import json
 import os
 import secrets
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,19 +143,40 @@ class _MappedShard:
             dtype = _NUMPY_DTYPES[info["dtype"]]
             self.arrays[key] = self.data[first : first + per_row * record.rows].view(dtype).reshape(info["shape"])
 
-    def verify_rows(self, rows: Iterable[int], keys: Sequence[str] = FEATURE_KEYS) -> None:
-        """Check the parts of these rows that have not been checked yet."""
-        digests = self.record.digests
+    def unverified(self, rows: Iterable[int], keys: Sequence[str] = FEATURE_KEYS) -> list[tuple[int, np.ndarray]]:
+        """(unit, bytes) of the parts of these rows that have not been checked yet."""
+        todo = []
         for key in keys:
             for row in rows:
                 unit = self.layout.unit(key, row)
                 if not self.verified[unit]:
-                    if _digest(self.layout.part(self.data, key, row)) != digests[DIGEST * unit : DIGEST * (unit + 1)]:
-                        raise ShardError(f"{self.path} does not match its checksum (row {row} of {key}: corrupt)")
-                    self.verified[unit] = True
+                    todo.append((unit, self.layout.part(self.data, key, row)))
+        return todo
+
+    def check(self, unit: int, digest: bytes) -> None:
+        if digest != self.record.digests[DIGEST * unit : DIGEST * (unit + 1)]:
+            key, row = FEATURE_KEYS[(unit - 1) // self.record.rows], (unit - 1) % self.record.rows
+            raise ShardError(f"{self.path} does not match its checksum (row {row} of {key}: corrupt)")
+        self.verified[unit] = True
+
+    def verify_rows(self, rows: Iterable[int], keys: Sequence[str] = FEATURE_KEYS) -> None:
+        """Check the parts of these rows that have not been checked yet."""
+        for unit, part in self.unverified(rows, keys):
+            self.check(unit, _digest(part))
 
     def verify_all(self) -> None:
         self.verify_rows(range(self.record.rows))
+
+
+_POOL: ThreadPoolExecutor | None = None
+READ_THREADS = 16  # rows read and hashed at once (a cold page cache: overlapping disk reads)
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="xclip-shard-read")
+    return _POOL
 
 
 class ShardReader:
@@ -182,20 +204,29 @@ class ShardReader:
         by_shard: dict[str, list[int]] = {}
         for position, (name, _, _) in enumerate(locations):
             by_shard.setdefault(name, []).append(position)
-        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
-        order: list[int] = []
+        todo: list[tuple[_MappedShard, int, np.ndarray]] = []  # parts to verify before any row is returned
+        chosen: list[tuple[_MappedShard, np.ndarray, list[int]]] = []
         for name, positions in by_shard.items():
             shard = self.shard(name)
             rows = np.array([locations[p][1] for p in positions], dtype=np.int64)
             if len(rows) and (rows.min() < 0 or rows.max() >= shard.record.rows):
                 raise ShardError(f"{shard.path} has no row {int(rows.max())}")
-            shard.verify_rows(rows.tolist(), keys)
             for p, row in zip(positions, rows.tolist(), strict=True):
                 if shard.ids[row] != locations[p][2]:
                     raise ShardError(f"row {row} of {shard.path} holds another moment than the index says")
-            for key in keys:
-                parts[key].append(shard.arrays[key][rows])
-            order.extend(positions)
+            todo.extend((shard, unit, part) for unit, part in shard.unverified(rows.tolist(), keys))
+            chosen.append((shard, rows, positions))
+        # hashed by threads before anything is copied: hashlib releases the GIL, so the disk reads of a cold page
+        # cache overlap (and the copies below read from memory)
+        digests = (
+            _pool().map(_digest, [part for _, _, part in todo])
+            if len(todo) > 64
+            else map(_digest, (t[2] for t in todo))
+        )
+        for (shard, unit, _), digest in zip(todo, digests, strict=True):
+            shard.check(unit, digest)
+        parts: dict[str, list[np.ndarray]] = {k: [shard.arrays[k][rows] for shard, rows, _ in chosen] for k in keys}
+        order = [p for _, _, positions in chosen for p in positions]
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[np.array(order, dtype=np.int64)] = np.arange(len(order))
         out = {}

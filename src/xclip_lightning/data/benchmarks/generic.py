@@ -18,6 +18,7 @@ not leave it. Every bad value is an ``AnnotationError`` naming the file and the 
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from xclip_lightning.data.benchmarks.common import (
+    SPLITS,
     VIDEO_EXTENSIONS,
     AnnotationError,
     MissingPolicy,
@@ -162,6 +164,15 @@ def _entries_of_split(annotations: Path, split: str) -> tuple[Path, list[_Entry]
             raise AnnotationError(
                 path,
                 f"has no {SPLIT_KEY!r}: add one, or keep one file per split and put {SPLIT_PLACEHOLDER} in the path",
+                line=e.line,
+                entry=e.entry,
+            )
+        if e.split not in SPLITS:
+            close = difflib.get_close_matches(e.split, SPLITS, n=1)
+            raise AnnotationError(
+                path,
+                f"split {e.split!r} is not one of {', '.join(SPLITS)}"
+                + (f" (did you mean {close[0]!r}?)" if close else ""),
                 line=e.line,
                 entry=e.entry,
             )
