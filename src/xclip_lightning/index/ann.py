@@ -49,6 +49,7 @@ def _faiss():
 
 
 def available() -> bool:
+    """Whether faiss can be imported (the approximate stage needs it)."""
     return _faiss() is not None
 
 
@@ -72,17 +73,20 @@ def build(vectors: Tensor, keys: np.ndarray, generator_seed: int = 0) -> Any:
 
 
 def add(index: Any, vectors: Tensor, keys: np.ndarray, chunk: int = 65536) -> None:
+    """Add ``vectors`` [N,D] with FAISS ids ``keys`` [N] to ``index``, a block at a time."""
     for start in range(0, len(keys), chunk):
         part = np.ascontiguousarray(vectors[start : start + chunk].float().numpy())
         index.add_with_ids(part, np.ascontiguousarray(keys[start : start + chunk], dtype=np.int64))
 
 
 def remove(index: Any, keys: np.ndarray) -> None:
+    """Remove the vectors of FAISS ids ``keys`` from ``index``."""
     if len(keys):
         index.remove_ids(np.ascontiguousarray(keys, dtype=np.int64))
 
 
 def write(index: Any, path: str) -> None:
+    """Write ``index`` to ``path``."""
     _faiss().write_index(index, path)
 
 

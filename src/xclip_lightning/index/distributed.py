@@ -136,6 +136,7 @@ class IndexingTask(L.LightningModule):
         self.report = BuildReport()
 
     def setup(self, stage: str) -> None:
+        """Rank 0 locks, opens and plans the update; every rank takes its share (or rank 0's error)."""
         self._lock = contextlib.ExitStack()
         plan: Any = None
         if self.global_rank == 0:
@@ -152,20 +153,25 @@ class IndexingTask(L.LightningModule):
         self.todo = self.plan.todo[self.global_rank :: self.trainer.world_size]
 
     def predict_dataloader(self):
+        """This rank's videos, decoded in DataLoader workers."""
         return loader(self.todo, self.update, self.device.type == "cuda")
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
+        """Left on the CPU: the encoder moves each batch of moments itself."""
         return batch  # the encoder moves the frames of each batch of moments itself
 
     def on_predict_start(self) -> None:
+        """This rank's part writer and encoder."""
         dtype = getattr(torch, self.update.dtype)
         self.writer = _PartWriter(self.out, self.global_rank, dtype, self.update.flush_every)
         self.encoder = Encoder(self.model, self.update, self.writer)
 
     def predict_step(self, item: dict, batch_idx: int) -> None:
+        """Encode one decoded video's moments."""
         self.encoder.add(self.todo[item["index"]], item)
 
     def on_predict_end(self) -> None:
+        """Flush this rank's part; rank 0 publishes every part as one version and finishes the update."""
         self.encoder.finish()
         self.writer.flush()
         self.trainer.strategy.barrier()

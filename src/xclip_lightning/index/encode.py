@@ -136,6 +136,7 @@ class Encoder:
         self.waiting: list[tuple[_Video, int]] = []  # moments decoded, not yet encoded (FIFO)
 
     def add(self, path: Path, item: dict) -> None:
+        """Queue a decoded video's moments (or record its failure), encoding full batches."""
         if "error" in item:
             self.writer.fail(str(path), item["error"])
             return
@@ -146,6 +147,7 @@ class Encoder:
             self.waiting = self.waiting[self.batch_size :]
 
     def finish(self) -> None:
+        """Encode the moments still queued."""
         if self.waiting:
             self._encode_batch(self.waiting)
             self.waiting = []

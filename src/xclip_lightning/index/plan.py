@@ -77,6 +77,7 @@ class Update:
     prune: bool = False  # drop the videos whose files are gone even when they are most of the index
 
     def meta(self) -> dict[str, Any]:
+        """What the index records of this update's settings."""
         meta = {
             "model_fingerprint": self.fingerprint,
             "videos": str(self.videos),

@@ -43,6 +43,7 @@ class CoarseSearch:
 
     @property
     def backend(self) -> str:
+        """ "torch" or "faiss"."""
         return "torch" if self.index is None else "faiss"
 
     def topk(self, query: Tensor, k: int) -> Tensor:

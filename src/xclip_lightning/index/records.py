@@ -48,6 +48,7 @@ class IndexEntry:
 
     @property
     def key(self) -> int:
+        """Its integer key (``entry_key``)."""
         return entry_key(self.id)
 
     @property

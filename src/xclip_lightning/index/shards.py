@@ -93,6 +93,7 @@ def shard_digests(path: Path) -> bytes:
 
 
 def shard_name() -> str:
+    """A new shard file name (128 random bits)."""
     return f"{secrets.token_hex(16)}.safetensors"
 
 
@@ -188,6 +189,7 @@ class ShardReader:
         self.shards: dict[str, _MappedShard] = {}
 
     def shard(self, name: str) -> _MappedShard:
+        """The mapped shard ``name`` (opened and its header checked on first use)."""
         if name not in self.shards:
             record = self.record_of(name)
             if record is None:

@@ -216,6 +216,7 @@ class IndexStore:
         return store
 
     def close(self) -> None:
+        """Close the database connection."""
         self.db.close()
 
     def _read_meta(self) -> dict[str, Any]:
@@ -228,6 +229,7 @@ class IndexStore:
         return json.loads(self.db.execute("SELECT value FROM meta WHERE key = 'version'").fetchone()[0])
 
     def refresh(self) -> None:
+        """Read ``meta`` again (after a publish, or to follow another writer's)."""
         self.meta = self._read_meta()
 
     @contextlib.contextmanager
@@ -243,13 +245,16 @@ class IndexStore:
             self.db.execute("COMMIT")
 
     def count(self) -> int:
+        """How many moments the published version holds."""
         return int(self.meta.get("count", 0))
 
     def shard_record(self, name: str) -> ShardRecord | None:
+        """What was recorded of shard ``name`` when it was written (None when it is not recorded)."""
         row = self.db.execute("SELECT name, rows, size, digests FROM shards WHERE name = ?", (name,)).fetchone()
         return ShardRecord(row[0], row[1], row[2], bytes(row[3])) if row else None
 
     def shard_names(self) -> list[str]:
+        """Every recorded shard."""
         return [name for (name,) in self.db.execute("SELECT name FROM shards ORDER BY name")]
 
     def entries(self, where: str = "", params: Sequence[Any] = (), order: str = "path, moment") -> list[IndexEntry]:
@@ -292,12 +297,15 @@ class IndexStore:
         return found
 
     def failures(self) -> dict[str, str]:
+        """The files that could not be indexed, and why."""
         return dict(self.db.execute("SELECT path, reason FROM failures ORDER BY path"))
 
     def ann_removed(self) -> list[int]:
+        """Keys of moments dropped since the approximate stage's file was written."""
         return [k for (k,) in self.db.execute("SELECT key FROM ann_removed")]
 
     def thumb_digest(self, entry_id: str) -> str | None:
+        """The SHA-256 recorded for the thumbnail strip of entry ``entry_id`` (None when it is not an entry)."""
         row = self.db.execute("SELECT thumb_sha256 FROM entries WHERE key = ?", (entry_key(entry_id),)).fetchone()
         return row[0] if row else None
 
@@ -468,6 +476,7 @@ def own_files(folder: Path, subfolder: str) -> Iterator[Path]:
 
 
 def is_index(folder: Path) -> bool:
+    """Whether ``folder`` holds an index (of this format or the previous one)."""
     return (folder / DATABASE).is_file() or (folder / MANIFEST).is_file()
 
 

@@ -76,6 +76,7 @@ class VideoIndex:
 
     @property
     def settings(self) -> SamplerSettings:
+        """The sampler settings it was built with."""
         return SamplerSettings(**self.store.meta["sampler"])
 
     @property
@@ -90,6 +91,7 @@ class VideoIndex:
 
     @property
     def failures(self) -> dict[str, str]:
+        """The files its builds could not index, and why."""
         return self.store.failures()
 
     @property

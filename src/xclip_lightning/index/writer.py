@@ -59,6 +59,7 @@ class IndexWriter:
         self.store.record_files(names)
 
     def fail(self, path: str, reason: str) -> None:
+        """Record that ``path`` could not be indexed (its old moments, if any, are dropped)."""
         self.failures[path] = reason
 
     def add_video(self, rows: Sequence[Row]) -> None:
