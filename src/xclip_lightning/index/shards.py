@@ -144,14 +144,14 @@ class _MappedShard:
             dtype = _NUMPY_DTYPES[info["dtype"]]
             self.arrays[key] = self.data[first : first + per_row * record.rows].view(dtype).reshape(info["shape"])
 
-    def unverified(self, rows: Iterable[int], keys: Sequence[str] = FEATURE_KEYS) -> list[tuple[int, np.ndarray]]:
+    def unverified(self, rows: Sequence[int], keys: Sequence[str] = FEATURE_KEYS) -> list[tuple[int, np.ndarray]]:
         """(unit, bytes) of the parts of these rows that have not been checked yet."""
         todo = []
+        rows = np.asarray(rows, dtype=np.int64)
         for key in keys:
-            for row in rows:
-                unit = self.layout.unit(key, row)
-                if not self.verified[unit]:
-                    todo.append((unit, self.layout.part(self.data, key, row)))
+            units = 1 + FEATURE_KEYS.index(key) * self.record.rows + rows
+            for unit in units[~self.verified[units]].tolist():
+                todo.append((unit, self.layout.part(self.data, key, (unit - 1) % self.record.rows)))
         return todo
 
     def check(self, unit: int, digest: bytes) -> None:
@@ -216,7 +216,7 @@ class ShardReader:
             for p, row in zip(positions, rows.tolist(), strict=True):
                 if shard.ids[row] != locations[p][2]:
                     raise ShardError(f"row {row} of {shard.path} holds another moment than the index says")
-            todo.extend((shard, unit, part) for unit, part in shard.unverified(rows.tolist(), keys))
+            todo.extend((shard, unit, part) for unit, part in shard.unverified(rows, keys))
             chosen.append((shard, rows, positions))
         # hashed by threads before anything is copied: hashlib releases the GIL, so the disk reads of a cold page
         # cache overlap (and the copies below read from memory)
