@@ -180,6 +180,14 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
+def _forget_pool() -> None:
+    global _POOL
+    _POOL = None  # a forked child (a DataLoader worker) has none of its parent's threads
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
 class ShardReader:
     """Rows of the shards of one index folder, gathered and verified on first use. ``record_of(name)`` gives the
     record written for a shard (the store's)."""
