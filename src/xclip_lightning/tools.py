@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
@@ -38,11 +38,17 @@ def _positive(text: str) -> int:
     return value
 
 
-def _at_least_zero(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (score every video) or more, got {value}")
-    return value
+def _zero_or_more(zero_means: str) -> Callable[[str], int]:
+    """An argument type: an integer of 0 or more, where 0 means ``zero_means`` (said when the value is refused)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be 0 ({zero_means}) or more, got {value}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in its messages
+    return parse
 
 
 def _positive_float(text: str) -> float:
@@ -52,13 +58,6 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (decode in this process) or more, got {value}")
     return value
 
 
@@ -115,7 +114,7 @@ def index(argv: Sequence[str]) -> None:
     )
     parser.add_argument(
         "--workers",
-        type=_non_negative_int,
+        type=_zero_or_more("decode in this process"),
         default=DEFAULT_WORKERS,
         help=f"decoding processes (default {DEFAULT_WORKERS}: this machine's cores, at most 8)",
     )
@@ -196,7 +195,7 @@ def search(argv: Sequence[str]) -> None:
     parser.add_argument("--top-k", type=_positive, default=10, help="results per query (default 10)")
     parser.add_argument(
         "--candidates",
-        type=_at_least_zero,
+        type=_zero_or_more("score every video"),
         default=DEFAULT_CANDIDATES,
         help=f"moments re-scored with the full score per query; 0 = score every moment (default {DEFAULT_CANDIDATES})",
     )

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from xclip_lightning.index.shards import ShardReader, fsync_write
+from xclip_lightning.index.shards import ShardReader, file_sha256, fsync_write
 from xclip_lightning.index.store import ANN, IndexStore, VideoIndexError
 
 ANN_MIN_ROWS = 100_000  # "auto" builds the approximate index from this many moments (bench/search.py: below it
@@ -100,15 +100,12 @@ class _Checksum(threading.Thread):
         self.start()
 
     def run(self) -> None:
-        digest = hashlib.sha256()
         try:
-            with open(self.path, "rb") as f:
-                while block := f.read(1 << 24):
-                    digest.update(block)
+            digest = file_sha256(self.path)
         except OSError as err:
             self.problem = str(err)
             return
-        if digest.hexdigest() != self.sha256:
+        if digest != self.sha256:
             self.problem = f"{self.path} does not match its checksum"
 
 
@@ -196,6 +193,11 @@ def _vectors(store: IndexStore, reader: ShardReader, where: str = "") -> tuple[n
     return keys, torch.cat(blocks) if blocks else torch.zeros(0, 0)
 
 
+def exact_stage(store: IndexStore, reader: ShardReader) -> ExactStage:
+    """The exact first stage: every entry's video vector."""
+    return ExactStage(*_vectors(store, reader))
+
+
 def first_stage(store: IndexStore, reader: ShardReader) -> ExactStage | ApproximateSearch:
     """The index's first stage: its IVF index with the moments it does not hold yet scored exactly, or the exact
     stage (every video vector) when it has none, or (with a warning saying why) when faiss is missing or the file
@@ -213,7 +215,7 @@ def first_stage(store: IndexStore, reader: ShardReader) -> ExactStage | Approxim
             extra = _vectors(store, reader, "in_ann = 0")
             return ApproximateSearch(index, *extra, removed=removed, checksum=checksum)
         warn_exact(store.folder, problem)
-    return ExactStage(*_vectors(store, reader))
+    return exact_stage(store, reader)
 
 
 def warn_exact(folder: Path, problem: str) -> None:
@@ -265,7 +267,7 @@ def update_approximate(store: IndexStore, mode: str) -> None:
     write(index, str(tmp))
     fsync_write(tmp)
     os.replace(tmp, store.folder / ANN / name)
-    digest = hashlib.sha256(np.fromfile(store.folder / ANN / name, dtype=np.uint8)).hexdigest()
+    digest = file_sha256(store.folder / ANN / name)
     size = (store.folder / ANN / name).stat().st_size
     ann = {"file": name, "sha256": digest, "size": size, "rows": int(index.ntotal), "trained_on": trained_on}
     store.publish(meta={"ann": ann}, ann_files=[name], in_ann=True)

@@ -29,44 +29,28 @@ import torch
 from xclip_lightning.index.encode import Encoder, loader
 from xclip_lightning.index.plan import Plan, Update
 from xclip_lightning.index.records import BuildReport, IndexEntry
-from xclip_lightning.index.shards import FEATURE_KEYS, ShardRecord, fsync_write, shard_digests, shard_name, write_shard
+from xclip_lightning.index.shards import ShardRecord, fsync_write, shard_digests
 from xclip_lightning.index.store import PARTS, SHARDS, THUMBS, IndexStore, own_files, writer_lock
-from xclip_lightning.index.writer import FLUSH_SECONDS, IndexWriter, Row
+from xclip_lightning.index.writer import IndexWriter, RowBuffer
 from xclip_lightning.model.xclip import XCLIP
 
 
-class _PartWriter:
+class _PartWriter(RowBuffer):
     """A rank's writer: shards and thumbnails as one process writes them, but what it finished goes to
-    ``parts/<rank>.json``, which only rank 0 merges (a rank never touches the database or deletes files)."""
+    ``parts/<rank>.json``, which only rank 0 merges (a rank never touches the database or deletes files; rank 0
+    records the files when it merges)."""
 
     def __init__(self, folder: Path, rank: int, dtype: torch.dtype, flush_every: int) -> None:
-        self.folder, self.dtype, self.flush_every = folder, dtype, flush_every
+        super().__init__(folder, dtype, flush_every)
         self.part = folder / PARTS / f"{rank}.json"
         self.entries: list[IndexEntry] = []
         self.shards: list[ShardRecord] = []
-        self.failures: dict[str, str] = {}
-        self.pending: list[Row] = []
-        self.published_at = time.monotonic()
-        (folder / THUMBS).mkdir(parents=True, exist_ok=True)
-
-    def record_files(self, names: list[str]) -> None:
-        """Recorded by rank 0 when it merges the part."""
-
-    def fail(self, path: str, reason: str) -> None:
-        self.failures[path] = reason
-
-    def add_video(self, rows: list[Row]) -> None:
-        self.pending.extend(rows)
-        if len(self.pending) >= self.flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
-            self.flush()
 
     def flush(self) -> None:
-        if self.pending:
-            name = shard_name()
-            tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
-            self.shards.append(write_shard(self.folder, name, tensors, [e.id for e, _ in self.pending], self.dtype))
-            self.entries += [replace(e, shard=name, row=row) for row, (e, _) in enumerate(self.pending)]
-            self.pending = []
+        """Write the pending rows as one shard and record every shard and entry of this rank in its part file."""
+        shards, entries = self.write_pending()
+        self.shards += shards
+        self.entries += entries
         self.part.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.part.with_name(f".{self.part.name}.tmp")
         shards = [{**asdict(s), "digests": s.digests.hex()} for s in self.shards]
@@ -158,7 +142,7 @@ class IndexingTask(L.LightningModule):
 
     def transfer_batch_to_device(self, batch: Any, device: Any, dataloader_idx: int) -> Any:
         """Left on the CPU: the encoder moves each batch of moments itself."""
-        return batch  # the encoder moves the frames of each batch of moments itself
+        return batch
 
     def on_predict_start(self) -> None:
         """This rank's part writer and encoder."""

@@ -25,7 +25,7 @@ from xclip_lightning.data.video import WindowSelector, sample_frames
 from xclip_lightning.index.plan import Update
 from xclip_lightning.index.records import IndexEntry, entry_id
 from xclip_lightning.index.store import THUMBS, VideoIndexError
-from xclip_lightning.index.writer import IndexWriter, Row, write_thumbnail
+from xclip_lightning.index.writer import Row, RowBuffer, write_thumbnail
 from xclip_lightning.inputs.transforms import resize_crop
 from xclip_lightning.model.xclip import XCLIP, XCLIP_CONFIG_FILE, update_with_tensors
 
@@ -107,7 +107,7 @@ class _Video:
         self.timestamps = item["timestamps"].split(counts)
         self.rows: list[dict[str, Tensor] | None] = [None] * len(counts)
 
-    def moments(self, writer: IndexWriter) -> list[Row]:
+    def moments(self, writer: RowBuffer) -> list[Row]:
         """(entry, feature row) of every moment; writes the thumbnails (recorded with the writer first)."""
         stat, windows = self.path.stat(), self.item["windows"]
         ids = [entry_id(str(self.path), stat.st_size, stat.st_mtime_ns, k) for k in range(len(windows))]
@@ -129,7 +129,7 @@ class Encoder:
     """Encodes decoded videos' moments ``batch_size`` at a time (a long video spreads over several batches, short
     ones share one) and hands each complete video's rows to ``writer``, in the order the videos came."""
 
-    def __init__(self, model: XCLIP, update: Update, writer: IndexWriter) -> None:
+    def __init__(self, model: XCLIP, update: Update, writer: RowBuffer) -> None:
         self.model, self.settings, self.writer = model, update.settings, writer
         self.batch_size = update.batch_size
         self.device = next(model.parameters()).device
@@ -183,7 +183,7 @@ def loader(todo: list[Path], update: Update, pin: bool) -> DataLoader:
     )
 
 
-def encode_videos(model: XCLIP, todo: list[Path], update: Update, writer: IndexWriter, progress: bool) -> None:
+def encode_videos(model: XCLIP, todo: list[Path], update: Update, writer: RowBuffer, progress: bool) -> None:
     """Decode ``todo`` in DataLoader workers and encode it into ``writer`` (one process)."""
     encoder = Encoder(model, update, writer)
     batches = loader(todo, update, encoder.device.type == "cuda")

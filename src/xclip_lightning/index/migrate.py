@@ -18,38 +18,23 @@ from typing import Any
 from safetensors import safe_open
 
 from xclip_lightning.index.records import IndexEntry
-from xclip_lightning.index.shards import SHARDS, ShardRecord, shard_digests
+from xclip_lightning.index.shards import SHARDS, ShardRecord, file_sha256, shard_digests
 from xclip_lightning.index.store import (
     ANN,
     DATABASE,
     MANIFEST,
-    THUMB_NAME,
-    THUMBS,
     IndexStore,
     VideoIndexError,
+    read_thumbnail,
     writer_lock,
 )
 
 PREVIOUS_VERSION = 3
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _thumb_digest(folder: Path, name: str) -> str:
-    if not THUMB_NAME.match(name):
-        return ""
-    try:
-        fd = os.open(folder / THUMBS / name, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    data = read_thumbnail(folder, name)
+    return hashlib.sha256(data).hexdigest() if data is not None else ""
 
 
 def _model_reference(model_dir: str | None) -> str | None:
@@ -76,7 +61,7 @@ def migrate_manifest(folder: Path) -> None:
         shard = folder / SHARDS / name
         if not shard.is_file():
             continue
-        if _sha256(shard) == record.get("sha256"):
+        if file_sha256(shard) == record.get("sha256"):
             shards[name] = ShardRecord(name, record["rows"], shard.stat().st_size, shard_digests(shard))
             with safe_open(str(shard), framework="pt") as f:
                 ids[name] = json.loads((f.metadata() or {}).get("ids", "[]"))

@@ -55,6 +55,15 @@ def fsync_write(path: Path, data: bytes | None = None) -> None:
         os.fsync(f.fileno())
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read a block at a time (hashlib releases the GIL on large blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _digest(data: np.ndarray | bytes) -> bytes:
     return hashlib.sha256(data).digest()[:DIGEST]
 

@@ -466,6 +466,19 @@ class IndexStore:
                 self.db.execute(f"DELETE FROM files WHERE name IN ({','.join('?' * len(part))})", part)
 
 
+def read_thumbnail(folder: Path, name: str) -> bytes | None:
+    """The bytes of ``thumbs/name`` in the index ``folder``, or None when the name is not a thumbnail's, the file is
+    missing, or it is a symbolic link (never followed)."""
+    if not THUMB_NAME.match(name):
+        return None
+    try:
+        fd = os.open(folder / THUMBS / name, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 def own_files(folder: Path, subfolder: str) -> Iterator[Path]:
     """The files of ``folder/subfolder`` that an index writes (by name); a user's file there is never listed."""
     patterns = OWN_FILES[subfolder]

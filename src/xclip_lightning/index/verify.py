@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xclip_lightning.index.migrate import open_index
-from xclip_lightning.index.shards import ShardError, ShardReader
-from xclip_lightning.index.store import ANN, THUMBS, writer_lock
+from xclip_lightning.index.shards import ShardError, ShardReader, file_sha256
+from xclip_lightning.index.store import ANN, THUMBS, read_thumbnail, writer_lock
 
 
 @dataclass
@@ -30,12 +30,8 @@ class Verification:
 
 
 def _thumb_ok(folder: Path, name: str, digest: str) -> bool:
-    try:
-        fd = os.open(folder / THUMBS / name, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    with os.fdopen(fd, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest() == digest
+    data = read_thumbnail(folder, name)
+    return data is not None and hashlib.sha256(data).hexdigest() == digest
 
 
 def _row_holds(reader: ShardReader, shard: str, row: int, entry_id: str) -> bool:
@@ -83,7 +79,7 @@ def verify_index(folder: str | os.PathLike) -> Verification:
             ann = store.meta.get("ann")
             if ann:
                 path = folder / ANN / ann["file"]
-                ok = path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == ann["sha256"]
+                ok = path.is_file() and file_sha256(path) == ann["sha256"]
                 if not ok:
                     found.problems.append(f"{path} is missing or does not match its checksum (rebuilt by `index`)")
             if bad or (ann and not ok):

@@ -23,18 +23,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from xclip_lightning.data.frame_cache import SamplerSettings
-from xclip_lightning.index.ann import ApproximateSearch, ExactStage, first_stage, warn_exact
+from xclip_lightning.index.ann import ApproximateSearch, ExactStage, exact_stage, first_stage, warn_exact
 from xclip_lightning.index.build import build_index
 from xclip_lightning.index.encode import load_search_model, model_fingerprint, resolve_device
 from xclip_lightning.index.migrate import open_index
 from xclip_lightning.index.ranking import DEFAULT_CANDIDATES, EXHAUSTIVE_BLOCK, coarse_query, rank_videos
 from xclip_lightning.index.records import BuildReport, IndexEntry, SearchHit, item_id
 from xclip_lightning.index.shards import FEATURE_KEYS, ShardError, ShardReader
-from xclip_lightning.index.store import THUMB_NAME, THUMBS, IndexBusyError, IndexStore, Location, VideoIndexError
+from xclip_lightning.index.store import IndexBusyError, IndexStore, Location, VideoIndexError, read_thumbnail
 from xclip_lightning.model.head import TextFeatures, VideoFeatures
 from xclip_lightning.model.xclip import XCLIP
 
@@ -256,7 +255,9 @@ class VideoIndex:
         else:
             if self._stage is None:
                 self._stage = (
-                    ExactStage(*_all_vectors(self)) if self.exact_first_stage else first_stage(self.store, self.reader)
+                    exact_stage(self.store, self.reader)
+                    if self.exact_first_stage
+                    else first_stage(self.store, self.reader)
                 )
             query = coarse_query(head, text)[0]
             found = self.store.locate(self._stage.topk(query, max(candidates, k)))
@@ -264,7 +265,7 @@ class VideoIndex:
                 self._stage.checksum.join()  # no candidate at all from a full index: is the IVF file damaged?
             if getattr(self._stage, "problem", None):  # the IVF file failed its background checksum
                 warn_exact(self.folder, self._stage.problem)
-                self._stage = ExactStage(*_all_vectors(self))
+                self._stage = exact_stage(self.store, self.reader)
                 found = self.store.locate(self._stage.topk(query, max(candidates, k)))
             places, scores = self._score(text, list(found.values()), min(wanted, len(found)))
         ranked = list(zip(places, scores, strict=True))
@@ -311,24 +312,11 @@ class VideoIndex:
     def thumbnail(self, hit: SearchHit) -> bytes | None:
         """The JPEG strip of a hit's moment, or None when it is missing, not a plain file of thumbs/ (a symlink is
         never followed) or not the bytes the index wrote."""
-        if not THUMB_NAME.match(hit.thumbnail):
+        data = read_thumbnail(self.folder, hit.thumbnail)
+        if data is None:
             return None
-        try:
-            fd = os.open(self.folder / THUMBS / hit.thumbnail, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return None
-        with os.fdopen(fd, "rb") as f:
-            data = f.read()
         expected = self.store.thumb_digest(hit.thumbnail.removesuffix(".jpg"))
         return data if expected and hashlib.sha256(data).hexdigest() == expected else None
-
-
-def _all_vectors(index: VideoIndex) -> tuple[np.ndarray, torch.Tensor]:
-    """(keys, video vectors) of every entry: the exact first stage."""
-    locations = index.store.locations()
-    keys = np.array([p.key for p in locations], dtype=np.int64)
-    vectors = index.reader.gather([(p.shard, p.row, p.id) for p in locations], ("video",))["video"]
-    return keys, vectors
 
 
 def _at_most_per_video(ranked: list[tuple[Location, float]], per_video: int, k: int) -> list[tuple[Location, float]]:

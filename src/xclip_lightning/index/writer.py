@@ -15,7 +15,15 @@ from torch import Tensor
 
 from xclip_lightning.index.ann import update_approximate
 from xclip_lightning.index.records import IndexEntry
-from xclip_lightning.index.shards import FEATURE_KEYS, SHARDS, ShardReader, fsync_write, shard_name, write_shard
+from xclip_lightning.index.shards import (
+    FEATURE_KEYS,
+    SHARDS,
+    ShardReader,
+    ShardRecord,
+    fsync_write,
+    shard_name,
+    write_shard,
+)
 from xclip_lightning.index.store import THUMBS, IndexStore, VideoIndexError
 
 FLUSH_EVERY = 2048  # moments per shard
@@ -31,7 +39,48 @@ def write_thumbnail(folder: Path, entry_id: str, jpeg: bytes) -> None:
     os.replace(tmp, folder / THUMBS / f"{entry_id}.jpg")
 
 
-class IndexWriter:
+class RowBuffer:
+    """Feature rows of whole videos buffered until a shard's worth (or ``FLUSH_SECONDS``) is there, then written as
+    one shard by ``flush`` (which a subclass defines: publish a version, or record a rank's part); the files that
+    could not be indexed, and why. The encoder (``encode.Encoder``) writes into one."""
+
+    def __init__(self, folder: Path, dtype: torch.dtype, flush_every: int) -> None:
+        self.folder, self.dtype, self.flush_every = folder, dtype, flush_every
+        self.failures: dict[str, str] = {}
+        self.pending: list[Row] = []
+        self.published_at = time.monotonic()
+        (folder / THUMBS).mkdir(parents=True, exist_ok=True)
+
+    def record_files(self, names: Sequence[str]) -> None:
+        """Files about to be written (``thumbs/<id>.jpg``, a shard)."""
+
+    def fail(self, path: str, reason: str) -> None:
+        """Record that ``path`` could not be indexed (its old moments, if any, are dropped)."""
+        self.failures[path] = reason
+
+    def add_video(self, rows: Sequence[Row]) -> None:
+        """Add every moment of one video together: a version never holds part of a video."""
+        self.pending.extend(rows)
+        if len(self.pending) >= self.flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def write_pending(self) -> tuple[list[ShardRecord], list[IndexEntry]]:
+        """Write the pending rows as one shard (none when nothing is pending): its record and the entries, placed."""
+        if not self.pending:
+            return [], []
+        name = shard_name()
+        self.record_files([f"{SHARDS}/{name}"])
+        tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
+        record = write_shard(self.folder, name, tensors, [e.id for e, _ in self.pending], self.dtype)
+        entries = [replace(e, shard=name, row=row) for row, (e, _) in enumerate(self.pending)]
+        self.pending = []
+        return [record], entries
+
+
+class IndexWriter(RowBuffer):
     """Publishes the versions of one index during an update. ``drop_paths``: videos whose entries go in the first
     version (files gone, or entries found out of agreement); a video re-encoded replaces its old entries in the
     version that adds its new ones, so search keeps finding it in between."""
@@ -44,29 +93,15 @@ class IndexWriter:
         drop_paths: Iterable[str] = (),
         meta: dict[str, Any] | None = None,
     ) -> None:
-        self.store, self.folder, self.dtype, self.flush_every = store, store.folder, dtype, flush_every
+        super().__init__(store.folder, dtype, flush_every)
+        self.store = store
         self.meta = meta or {}  # the settings recorded with every version this writer publishes
         self.drop_paths = set(drop_paths)
-        self.failures: dict[str, str] = {}
         self.reported: set[str] = set()  # failures already published
-        self.pending: list[Row] = []
-        self.added = 0  # moments published by this writer
-        self.published_at = time.monotonic()
-        (self.folder / THUMBS).mkdir(parents=True, exist_ok=True)
 
     def record_files(self, names: Sequence[str]) -> None:
-        """Files about to be written (``thumbs/<id>.jpg``): recorded first, so a killed writer leaves no orphan."""
+        """Files about to be written: recorded in the database first, so a killed writer leaves no orphan."""
         self.store.record_files(names)
-
-    def fail(self, path: str, reason: str) -> None:
-        """Record that ``path`` could not be indexed (its old moments, if any, are dropped)."""
-        self.failures[path] = reason
-
-    def add_video(self, rows: Sequence[Row]) -> None:
-        """Add every moment of one video together: a version never holds part of a video."""
-        self.pending.extend(rows)
-        if len(self.pending) >= self.flush_every or time.monotonic() - self.published_at > FLUSH_SECONDS:
-            self.flush()
 
     def remaining(self) -> int:
         """Entries the index would hold if the update ended now (what was kept, plus what was added)."""
@@ -77,19 +112,11 @@ class IndexWriter:
 
     def flush(self) -> None:
         """Write the pending rows as one shard and publish the version that holds them."""
-        shards, added = [], []
-        if self.pending:
-            name = shard_name()
-            self.record_files([f"{SHARDS}/{name}"])
-            tensors = {k: torch.stack([f[k] for _, f in self.pending]) for k in FEATURE_KEYS}
-            shards.append(write_shard(self.folder, name, tensors, [e.id for e, _ in self.pending], self.dtype))
-            added = [replace(e, shard=name, row=row) for row, (e, _) in enumerate(self.pending)]
+        shards, added = self.write_pending()
         failures = {p: r for p, r in self.failures.items() if p not in self.reported}
         self.store.publish(added=added, shards=shards, drop_paths=self._dropped(), failures=failures, meta=self.meta)
         self.reported |= set(failures)
         self.drop_paths = set()
-        self.added += len(added)
-        self.pending = []
         self.published_at = time.monotonic()
 
     def finish(self, videos: Path, approximate: str) -> None:
