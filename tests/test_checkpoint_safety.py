@@ -1,5 +1,6 @@
 """Checkpoints: loading never runs pickled code (even with torch's unsafe default forced), and a checkpoint whose
-tensors changed on disk is an error naming the file, never a different model."""
+contents changed on disk (a tensor, a hyper-parameter, the embedded tokenizer, a truncation) is a
+``CorruptCheckpointError`` naming the file, never a different model and never torch's advice to unpickle it."""
 
 from __future__ import annotations
 
@@ -54,9 +55,11 @@ def test_pickled_code_never_runs_even_with_the_unsafe_default_forced(trained, tm
     torch.save(checkpoint, evil)
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     MARKER.unlink(missing_ok=True)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    refused = rf"{evil}: not a readable checkpoint \(UnpicklingError\)"
+    with pytest.raises(CorruptCheckpointError, match=refused) as raised:
         XCLIPRetrieval.load_from_checkpoint(evil)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    assert "weights_only" not in str(raised.value)  # torch's advice, unsafe for a file that is not what it seems
+    with pytest.raises(CorruptCheckpointError, match=refused):
         export(["--ckpt_path", str(evil), "--out", str(tmp_path / "out")])
     args = [
         "test", "--model.clip_name_or_path", str(clip), "--model.max_words=16", "--model.max_frames=4",
@@ -64,7 +67,7 @@ def test_pickled_code_never_runs_even_with_the_unsafe_default_forced(trained, tm
         f"--data.cache_dir={tmp_path / 'cache'}", f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false",
         f"--ckpt_path={evil}",
     ]  # fmt: skip
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(SystemExit):
         main(args)
     assert not MARKER.exists()
 
@@ -96,7 +99,7 @@ def test_a_flipped_bit_in_any_tensor_is_an_error_naming_the_file(trained, tmp_pa
     for _ in range(20):
         start, length = rng.choice(spans)
         flip_bit(ckpt, flipped, start + rng.randrange(length), rng.randrange(8))
-        with pytest.raises(CorruptCheckpointError, match=rf"{flipped}: its tensors do not match the checksum"):
+        with pytest.raises(CorruptCheckpointError, match=rf"{flipped}: its contents do not match the checksum"):
             XCLIPRetrieval.load_from_checkpoint(flipped)
 
 
@@ -111,9 +114,53 @@ def test_a_flipped_bit_anywhere_never_gives_another_model(trained, tmp_path):
         flip_bit(ckpt, flipped, rng.randrange(size), rng.randrange(8))
         try:
             loaded = XCLIPRetrieval.load_from_checkpoint(flipped).state_dict()
-        except Exception:
+        except CorruptCheckpointError as err:  # never another error, never torch's advice to unpickle it
+            assert str(flipped) in str(err) and "weights_only" not in str(err)
             outcomes["refused"] += 1
             continue
         assert all(torch.equal(loaded[k], v) for k, v in original.items())  # a harmless flip (padding, a name)
         outcomes["same"] += 1
     assert outcomes["refused"] >= 10
+
+
+def rewrite(source: Path, target: Path, change) -> Path:
+    """``source`` with ``change(checkpoint)`` applied and its checksum kept: an edit by hand, or a flip that still
+    parses."""
+    checkpoint = torch.load(source, weights_only=True)
+    change(checkpoint)
+    torch.save(checkpoint, target)
+    return target
+
+
+def test_an_edited_hyper_parameter_or_tokenizer_is_refused(trained, tmp_path):
+    ckpt, _, _ = trained
+    assert XCLIPRetrieval.load_from_checkpoint(ckpt).hparams.temperature == 0.01
+
+    def temperature(c):
+        c["hyper_parameters"]["temperature"] = 0.009969  # one flipped bit of 0.01's float64, as seen in the field
+
+    def token(c):
+        files = c["xclip_clip_spec"]["tokenizer"]
+        name = next(n for n in files if n.endswith(".json") and '"yellow"' in files[n])
+        files[name] = files[name].replace('"yellow"', '"yel1ow"', 1)
+
+    def clip_config(c):
+        c["xclip_clip_spec"]["config"]["text_config"]["num_attention_heads"] = 2
+
+    for change in (temperature, token, clip_config):
+        edited = rewrite(ckpt, tmp_path / f"{change.__name__}.ckpt", change)
+        with pytest.raises(CorruptCheckpointError, match=rf"{edited}: its contents do not match the checksum"):
+            XCLIPRetrieval.load_from_checkpoint(edited)
+        with pytest.raises(CorruptCheckpointError):
+            export(["--ckpt-path", str(edited), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.9, 0.999])
+def test_a_truncated_checkpoint_is_refused_naming_the_file(trained, tmp_path, keep):
+    ckpt, _, _ = trained
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(ckpt.read_bytes()[: int(ckpt.stat().st_size * keep)])
+    with pytest.raises(CorruptCheckpointError, match=rf"{cut}: not a readable checkpoint") as raised:
+        XCLIPRetrieval.load_from_checkpoint(cut)
+    assert "weights_only" not in str(raised.value)

@@ -80,7 +80,7 @@ def test_the_wheel_installs_and_runs_outside_the_checkout(tmp_path):
         check=True,
     )
     assert where.stdout.startswith(str(site))
-    assert "packaged config" in run("--help").stdout
+    assert "a packaged name" in run("--help").stdout and "search" in run("--help").stdout
     printed = yaml.safe_load(run("fit", "--config", "msrvtt/vitb32", "--print_config").stdout)
     assert printed["data"]["benchmark"] == "msrvtt" and printed["model"]["max_frames"] == 12
     run("demo", "--videos", "6", "2", "2", "--data-only")

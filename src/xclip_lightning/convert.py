@@ -8,7 +8,9 @@
 whole state dict: CLIP under ``clip.*`` in OpenAI's names, the head under the official names) becomes an ``XCLIP``
 folder that ``XCLIP.from_pretrained`` loads. Every size (widths, layers, heads, patch, image size, context, vocabulary,
 word and frame slots, temporal layers) is read from the tensor shapes. The tokenizer (CLIP's BPE, which the
-checkpoints do not contain) comes from ``--tokenizer`` (default ``openai/clip-vit-base-patch32``).
+checkpoints do not contain) comes from ``--tokenizer``: a CLIP folder or hub name (default
+``openai/clip-vit-base-patch32``, which needs the Hub), or OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` as the CLIP and
+X-CLIP repositories ship it, from which the tokenizer is built here (``tokenizer_from_bpe``): no download at all.
 
 Loading never executes pickled code: plain checkpoints go through ``torch.load(weights_only=True)``; OpenAI's
 released ``.pt`` files are TorchScript archives, whose ``data.pkl`` is read by a restricted unpickler that builds
@@ -18,6 +20,7 @@ only tensors and stand-ins for the archive's classes (``read_torchscript_weights
 from __future__ import annotations
 
 import collections
+import gzip
 import io
 import math
 import pickle
@@ -26,13 +29,75 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedTokenizerBase
 
+from xclip_lightning.errors import UserError
 from xclip_lightning.model.encoders import CLIPEncoders
 from xclip_lightning.model.head import DEFAULT_CLIP, XCLIPHead
 from xclip_lightning.model.xclip import XCLIP
 
 HEAD_WIDTH = 64  # OpenAI CLIP: attention heads = width // 64, in both towers
+OPENAI_BPE = "bpe_simple_vocab_16e6.txt.gz"
+OPENAI_MERGES = 49152 - 256 - 2  # the merges OpenAI's tokenizer uses of its file: 49,408 tokens in all
+
+
+class ConversionError(UserError, ValueError):
+    """A file that cannot be converted, or a tokenizer that cannot be found or does not fit the weights."""
+
+
+def _byte_symbols() -> list[str]:
+    """The printable stand-in of each byte value in the order CLIP's vocabulary lists them (GPT-2's scheme): the
+    bytes that print as themselves first, then the others mapped to 256, 257, ..."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+def tokenizer_from_bpe(path: str | Path) -> CLIPTokenizer:
+    """CLIP's tokenizer from OpenAI's merges file (``bpe_simple_vocab_16e6.txt.gz``; also plain text): the vocabulary
+    is the 256 byte symbols, the same with ``</w>``, one token per merge in the file's order, then
+    ``<|startoftext|>`` and ``<|endoftext|>``, as in OpenAI's ``simple_tokenizer.py``."""
+    try:
+        raw = Path(path).read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8")
+    except (OSError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as err:
+        raise ConversionError(f"{path}: not a readable BPE merges file ({type(err).__name__}: {err})") from None
+    lines = text.split("\n")[1 : 1 + OPENAI_MERGES]  # the first line is a version header
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    if not merges or any(len(pair) != 2 for pair in merges):
+        raise ConversionError(f"{path}: not OpenAI's BPE merges file (expected a header line, then 'a b' per line)")
+    symbols = _byte_symbols()
+    words = [*symbols, *(s + "</w>" for s in symbols), *("".join(pair) for pair in merges)]
+    vocab = {token: i for i, token in enumerate([*words, "<|startoftext|>", "<|endoftext|>"])}
+    if len(vocab) != len(words) + 2:
+        raise ConversionError(f"{path}: two merges give the same token; not OpenAI's BPE merges file")
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
+def load_tokenizer(name_or_path: str, vocab_size: int | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of ``--tokenizer``: OpenAI's BPE file, a tokenizer folder or a hub name; refused when it has
+    more tokens than the text tower's ``vocab_size`` (its ids would fall outside the embedding)."""
+    how = (
+        f"give --tokenizer a local CLIP folder (with tokenizer.json, or vocab.json and merges.txt) or OpenAI's "
+        f"{OPENAI_BPE}, which the CLIP and X-CLIP repositories ship"
+    )
+    if Path(name_or_path).is_file():
+        tokenizer = tokenizer_from_bpe(name_or_path)
+    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConversionError(
+                f"the tokenizer {name_or_path!r} cannot be loaded ({reason[:200]}): the checkpoints do not contain "
+                f"CLIP's tokenizer, so {how}"
+            ) from None
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ConversionError(
+            f"the tokenizer {name_or_path!r} has {len(tokenizer)} tokens, more than the {vocab_size} of the weights' "
+            f"text tower: {how} (CLIP's has 49,408)"
+        )
+    return tokenizer
 
 
 _STORAGE_DTYPES = {
@@ -108,12 +173,19 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A state dict from a plain checkpoint (weights-only load) or a TorchScript archive (a restricted reader);
     nothing in the file is executed."""
     path = Path(path)
-    if _is_torchscript(path):
-        return read_torchscript_weights(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not path.is_file():
+        raise ConversionError(f"{path}: no such file")
+    try:
+        if _is_torchscript(path):
+            return read_torchscript_weights(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
+    except Exception as err:  # truncated, flipped, or not a torch file (torch's advice to unpickle it is not given)
+        raise ConversionError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
+        raise ConversionError(f"{path} does not hold a state dict of tensors")
     return state
 
 
@@ -204,9 +276,13 @@ def clip_from_openai(state: dict[str, Tensor]) -> CLIPModel:
 
 def convert_openai_clip(path: str | Path, out: str | Path, tokenizer: str = DEFAULT_CLIP) -> Path:
     """(a): an OpenAI CLIP state dict -> a transformers CLIP folder (weights, config, tokenizer)."""
-    model = clip_from_openai(read_state_dict(path))
+    state = read_state_dict(path)
+    if "visual.conv1.weight" not in state or "token_embedding.weight" not in state:
+        raise ConversionError(f"{path}: not an OpenAI CLIP (ViT) state dict (no visual.conv1.weight, token_embedding)")
+    text_tokens = load_tokenizer(tokenizer, state["token_embedding.weight"].shape[0])
+    model = clip_from_openai(state)
     model.save_pretrained(out)
-    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(out)
+    text_tokens.save_pretrained(out)
     return Path(out)
 
 
@@ -216,11 +292,12 @@ def convert_official(path: str | Path, out: str | Path, tokenizer: str = DEFAULT
     clip_state = {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}
     head_state = {k: v for k, v in state.items() if not k.startswith("clip.") and not k.startswith("loss_fct")}
     if not clip_state or "global_mat_weight" not in head_state:
-        raise ValueError(f"{path}: expected CLIP under clip.* and the X-CLIP head (global_mat_weight, ...)")
+        raise ConversionError(f"{path}: expected CLIP under clip.* and the X-CLIP head (global_mat_weight, ...)")
+    text_tokens = load_tokenizer(tokenizer, clip_state["token_embedding.weight"].shape[0])
     words = head_state["word_logit_weight"].shape[0]
     frames = head_state["frame_logit_weight"].shape[0]
     layers = _layers(head_state, "transformerClip.resblocks.")
     head = XCLIPHead(clip_state["text_projection"].shape[1], words, frames, temporal_layers=layers)
     head.load_state_dict({k: v.float() for k, v in head_state.items()}, strict=True)
-    model = XCLIP(CLIPEncoders(clip_from_openai(clip_state)), head, AutoTokenizer.from_pretrained(tokenizer))
+    model = XCLIP(CLIPEncoders(clip_from_openai(clip_state)), head, text_tokens)
     return model.save_pretrained(out)

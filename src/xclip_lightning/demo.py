@@ -17,11 +17,12 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from xclip_lightning.data.datamodule import VideoTextDataModule
-from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
-from xclip_lightning.lightning_cli import CONFIGS, XCLIPCLI, trainer_defaults
-from xclip_lightning.lightning_module import XCLIPRetrieval
+from xclip_lightning.packaged import CONFIGS
+
+if TYPE_CHECKING:
+    from xclip_lightning.lightning_cli import XCLIPCLI
 
 CONFIG = CONFIGS / "synthetic.yaml"
 ROOT = Path(".cache/synthetic")  # synthetic.yaml reads the dataset and the CLIP from here (relative to the cwd)
@@ -49,6 +50,8 @@ def best_checkpoint(trainer) -> str:
 
 def prepare(videos: Sequence[int] = VIDEOS) -> Path:
     """Write (or reuse) the dataset and the tiny CLIP under ``ROOT``; returns the annotations file."""
+    from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
+
     train, val, test = videos
     annotations = make_synthetic_dataset(ROOT / "data", train=train, val=val, test=test)
     make_synthetic_clip(ROOT / "clip", annotations)
@@ -57,16 +60,10 @@ def prepare(videos: Sequence[int] = VIDEOS) -> Path:
 
 def train_and_test(overrides: Sequence[str] = (), videos: Sequence[int] = VIDEOS) -> tuple[dict[str, float], XCLIPCLI]:
     """Fit with the packaged ``synthetic.yaml`` (plus LightningCLI ``overrides``), then test the best checkpoint."""
+    from xclip_lightning.lightning_cli import run_cli
+
     prepare(videos)
-    cli = XCLIPCLI(
-        XCLIPRetrieval,
-        VideoTextDataModule,
-        seed_everything_default=42,
-        trainer_defaults=trainer_defaults(),
-        save_config_kwargs={"overwrite": True},
-        args=["--config", str(CONFIG), *overrides],
-        run=False,
-    )
+    cli = run_cli(["--config", str(CONFIG), *overrides], run=False)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     best = best_checkpoint(cli.trainer)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best or None, verbose=False)
@@ -75,8 +72,19 @@ def train_and_test(overrides: Sequence[str] = (), videos: Sequence[int] = VIDEOS
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     """``xclip-lightning demo [--videos TRAIN VAL TEST] [--data-only] [LightningCLI overrides ...]``."""
-    parser = argparse.ArgumentParser(prog="xclip-lightning demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, nargs=3, default=VIDEOS, metavar=("TRAIN", "VAL", "TEST"))
+    parser = argparse.ArgumentParser(
+        prog="xclip-lightning demo",
+        description=__doc__.split("\n\n")[0]
+        + " Other options go to LightningCLI, as for fit (--trainer.max_epochs 2).",
+    )
+    parser.add_argument(
+        "--videos",
+        type=int,
+        nargs=3,
+        default=VIDEOS,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help=f"videos of each split of the synthetic dataset (default: {' '.join(map(str, VIDEOS))})",
+    )
     parser.add_argument("--data-only", action="store_true", help="write the dataset and the tiny CLIP, then stop")
     options, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
     start = time.perf_counter()

@@ -1,17 +1,24 @@
 """The LightningCLI of ``xclip-lightning fit / validate / test / predict``: the checkpoint callbacks, the linked
-model and data arguments, the trainer defaults. ``cli.py`` dispatches to it;
-the demo builds it directly."""
+model and data arguments, the trainer defaults, one-line argument errors. ``cli.py`` and the demo run it through
+``run_cli``."""
 
 from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
 
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from xclip_lightning.callbacks import FeatureWriter
-from xclip_lightning.lightning_module import clip_from_checkpoint
+from xclip_lightning.data.datamodule import VideoTextDataModule
+from xclip_lightning.errors import debugging, is_lightning_alias
+from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint, read_checkpoint
 from xclip_lightning.packaged import CONFIGS
 
-__all__ = ["CONFIGS", "MONITOR", "XCLIPCLI", "trainer_defaults"]
+__all__ = ["CONFIGS", "MONITOR", "XCLIPCLI", "run_cli", "trainer_defaults"]
 
 MONITOR = "val/t2v_R1"  # official model selection: the best text->video R@1 on the val split
 
@@ -38,6 +45,15 @@ class XCLIPCLI(LightningCLI):
             }
         )
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
+        """Parses, then verifies ``--ckpt_path`` before Lightning reads its hyper-parameters (``read_checkpoint``:
+        one line naming the file for a missing, damaged, foreign or newer checkpoint)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path is not None and not is_lightning_alias(path):
+            read_checkpoint(path)
+
     def instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else {}
         if config.get("weights_only") is None and "weights_only" in config:
@@ -55,3 +71,42 @@ def trainer_defaults() -> dict:
         "callbacks": [LearningRateMonitor(logging_interval="step"), FeatureWriter()],
         "log_every_n_steps": 10,
     }
+
+
+class OneLineErrors(LightningArgumentParser):
+    """LightningCLI's parser, whose mistakes are one line (jsonargparse prints the whole usage, 100+ lines, first)."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or debugging():  # jsonargparse catches these itself, or the user asked for all
+            super().error(message, ex)
+        said = " ".join(message.split())
+        words = [w for w in self.prog.split()[1:] if w != "[options]"]  # the subcommand, as jsonargparse names it
+        prog = " ".join(["xclip-lightning", *words])  # not pytest's name when run from the tests
+        print(f"{prog}: {said[:600]} (see {prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+@contextmanager
+def _command_line(argv: Sequence[str]) -> Iterator[None]:
+    """``sys.argv`` as if ``argv`` had been typed: LightningCLI reads it there (given as ``args`` from a command
+    line, it warns), and DDP's launcher starts the other ranks with it. The program name stays."""
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "xclip-lightning", *argv]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def run_cli(argv: Sequence[str], run: bool = True) -> XCLIPCLI:
+    """The LightningCLI on ``argv`` (``["fit", "--config", ...]``, or without a subcommand when ``run`` is False)."""
+    with _command_line(argv):
+        return XCLIPCLI(
+            XCLIPRetrieval,
+            VideoTextDataModule,
+            seed_everything_default=42,  # official seed
+            trainer_defaults=trainer_defaults(),
+            save_config_kwargs={"overwrite": True},
+            parser_class=OneLineErrors,
+            run=run,
+        )

@@ -25,6 +25,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from xclip_lightning.errors import CheckpointError, CorruptCheckpointError, check_checkpoint_file, is_lightning_alias
 from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, first_of_each
 from xclip_lightning.model.encoders import Attention
@@ -61,15 +62,52 @@ FROZEN_CLIP_PARAMETERS = (
 
 
 CLIP_SPEC_KEY = "xclip_clip_spec"  # CLIP's config + tokenizer files in every checkpoint (XCLIP.clip_spec)
-CHECKSUM_KEY = "xclip_tensors_sha256"  # SHA-256 of every tensor of the checkpoint (weights, optimizer states)
-
-
-class CorruptCheckpointError(RuntimeError):
-    """A checkpoint whose tensors do not match the checksum written when it was saved."""
+CHECKSUM_KEY = "xclip_sha256"  # SHA-256 of all the checkpoint holds: tensors, hyper-parameters, CLIP spec, states
+TENSORS_CHECKSUM_KEY = "xclip_tensors_sha256"  # what checkpoints of 0.1.0 carry: the tensors only (still checked)
+FORMAT_KEY = "xclip_checkpoint_format"
+CHECKPOINT_FORMAT = 1  # the checkpoint layout this version writes and reads
 
 
 def checkpoint_checksum(checkpoint: dict[str, Any]) -> str:
-    return tensors_sha256({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY})
+    """SHA-256 of everything in ``checkpoint`` but its checksums."""
+    content = {k: v for k, v in checkpoint.items() if k not in (CHECKSUM_KEY, TENSORS_CHECKSUM_KEY)}
+    return tensors_sha256(content, everything=True)
+
+
+def verify_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Raises ``CorruptCheckpointError`` naming ``path`` when ``checkpoint`` changed since it was saved (a bit flip
+    on disk, an edit of a weight, a hyper-parameter or the embedded tokenizer), ``CheckpointError`` when a newer
+    version wrote it. A checkpoint without a checksum (not written by xclip-lightning) is taken as it is."""
+    written = checkpoint.get(FORMAT_KEY, CHECKPOINT_FORMAT)
+    if not isinstance(written, int) or written > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path}: written by a newer xclip-lightning (checkpoint format {written!r}; this version reads "
+            f"{CHECKPOINT_FORMAT}): upgrade xclip-lightning to use it"
+        )
+    if CHECKSUM_KEY in checkpoint:
+        good = checkpoint_checksum(checkpoint) == checkpoint[CHECKSUM_KEY]
+    elif TENSORS_CHECKSUM_KEY in checkpoint:
+        content = {k: v for k, v in checkpoint.items() if k != TENSORS_CHECKSUM_KEY}
+        good = tensors_sha256(content) == checkpoint[TENSORS_CHECKSUM_KEY]
+    else:
+        return
+    if not good:
+        raise CorruptCheckpointError(
+            f"{path}: its contents do not match the checksum written when it was saved (corrupted on disk, or "
+            f"edited): load a good copy, e.g. another checkpoint of the run"
+        )
+
+
+_VERIFIED: set[tuple] = set()  # the stamps of the checkpoint files verified in this process
+
+
+def _stamp(path: str | Path) -> tuple | None:
+    """A file's path, inode, size and change times: any write or replacement changes one of them."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return str(Path(path).resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 _CLIP_SPEC: ContextVar[dict[str, Any] | None] = ContextVar("xclip_clip_spec", default=None)
@@ -77,18 +115,41 @@ _LOADING: ContextVar[str | None] = ContextVar("xclip_loading_checkpoint", defaul
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint's contents, loaded without running any pickled code."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    """A checkpoint of ``fit``, loaded without running any pickled code and verified against its checksum.
+
+    Every way it can fail is a ``CheckpointError`` naming the file: missing, a folder, truncated or flipped (torch's
+    own messages, which advise ``weights_only=False``, unsafe for a damaged file, are not repeated), not a Lightning
+    checkpoint, from a newer version, or changed since it was saved.
+    """
+    check_checkpoint_file(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # zip, pickle, unicode, JSON errors of a truncated or flipped file
+        raise CorruptCheckpointError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}): the file is damaged or is not a checkpoint "
+            f"written by xclip-lightning fit; load a good copy"
+        ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{path}: not a Lightning checkpoint (no state_dict); an official X-CLIP checkpoint is turned into a "
+            f"model folder with `xclip-lightning convert --official {path} --out DIR`"
+        )
+    stamp = _stamp(path)
+    if stamp not in _VERIFIED:  # once per file and process: the CLI, Lightning and the model each load it
+        verify_checkpoint(checkpoint, path)
+        _VERIFIED.add(stamp)
+    return checkpoint
 
 
 @contextmanager
 def clip_from_checkpoint(path: str | Path | None) -> Iterator[None]:
     """Inside, ``XCLIPRetrieval(...)`` builds CLIP from the config and tokenizer stored in the checkpoint at
     ``path`` instead of reading ``clip_name_or_path``: the weights come from the checkpoint right after, so neither
-    the original CLIP folder nor the original working directory is needed. No-op for None, a checkpoint written
-    before checkpoints carried their CLIP, or a path that is not a file (``"last"``, ``"best"``)."""
+    the original CLIP folder nor the original working directory is needed. The checkpoint is verified first
+    (``read_checkpoint``), so a damaged one fails here, before anything is built from it. No-op for None, for
+    Lightning's ``"last"`` / ``"best"`` / ..., and for a checkpoint written before checkpoints carried their CLIP."""
     spec = None
-    if path is not None and Path(path).is_file():
+    if path is not None and not is_lightning_alias(path):
         spec = read_checkpoint(path).get(CLIP_SPEC_KEY)
     token = _CLIP_SPEC.set(spec)
     try:
@@ -194,7 +255,12 @@ class XCLIPRetrieval(L.LightningModule):
         if clip_fp16_weights:
             self.model.encoders.use_fp16_weights()
         if gradient_checkpointing:
-            self.model.encoders.clip.gradient_checkpointing_enable({"use_reentrant": False})
+            clip = self.model.encoders.clip  # transformers 5.x renamed it; older versions have the old name only
+            enable = getattr(clip, "activation_checkpointing_enable", None)
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                clip.gradient_checkpointing_enable({"use_reentrant": False})
         if compile:
             self.model.encoders.clip.vision_model.compile()
             self.model.encoders.clip.text_model.compile()
@@ -217,21 +283,18 @@ class XCLIPRetrieval(L.LightningModule):
             _LOADING.reset(token)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Adds CLIP's config and tokenizer, and the checksum of every tensor (weights and optimizer states)."""
+        """Adds CLIP's config and tokenizer, the format, and the checksum of everything (``checkpoint_checksum``)."""
         if self._clip_spec is None:  # the config and tokenizer never change during a run: build it once
             self._clip_spec = self.model.clip_spec()
         checkpoint[CLIP_SPEC_KEY] = self._clip_spec
+        checkpoint[FORMAT_KEY] = CHECKPOINT_FORMAT
         checkpoint[CHECKSUM_KEY] = checkpoint_checksum(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refuses a checkpoint whose tensors changed since they were saved (a bit flip on disk, an edit)."""
-        expected = checkpoint.get(CHECKSUM_KEY)
-        if expected is not None and checkpoint_checksum(checkpoint) != expected:
-            path = _LOADING.get() or (self._trainer.ckpt_path if self._trainer is not None else None) or "checkpoint"
-            raise CorruptCheckpointError(
-                f"{path}: its tensors do not match the checksum written when it was saved (corrupted on disk, or "
-                f"edited): load a good copy, e.g. another checkpoint of the run"
-            )
+        """Refuses a checkpoint whose contents changed since they were saved (a bit flip on disk, an edit)."""
+        path = _LOADING.get() or (self._trainer.ckpt_path if self._trainer is not None else None)
+        if path is None or _stamp(path) not in _VERIFIED:
+            verify_checkpoint(checkpoint, path or "checkpoint")
 
     # ---- training -----------------------------------------------------------------------------------------------
 

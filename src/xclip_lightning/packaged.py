@@ -7,6 +7,8 @@ import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
+from xclip_lightning.errors import UsageError
+
 CONFIGS = Path(__file__).parent / "configs"  # shipped in the wheel: --config msrvtt/vitb32 finds them anywhere
 
 
@@ -16,7 +18,7 @@ def packaged_config(name: str) -> Path | None:
     return candidate if candidate.is_file() and CONFIGS in candidate.resolve().parents else None
 
 
-class UnknownConfig(ValueError):
+class UnknownConfig(UsageError, ValueError):
     """``--config`` names neither a file nor a packaged config."""
 
 
@@ -27,7 +29,8 @@ def names() -> list[str]:
 
 def resolve_configs(argv: Sequence[str]) -> list[str]:
     """``--config NAME`` of a packaged config becomes its path; a file is always taken as it is (a folder of the
-    same name in the current directory is not a config); anything else is ``UnknownConfig``, naming close names."""
+    same name in the current directory is not a config) if it can be read as text; anything else is
+    ``UnknownConfig``, naming close names."""
     out = list(argv)
     for i, arg in enumerate(out):
         value, prefix = None, ""
@@ -35,7 +38,10 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
             value, prefix = arg.removeprefix("--config="), "--config="
         elif arg == "--config" and i + 1 < len(out):
             value, i = out[i + 1], i + 1
-        if value is None or Path(value).is_file():
+        if value is None:
+            continue
+        if Path(value).is_file():
+            _check_readable(value)
             continue
         if (found := packaged_config(value)) is None:
             close = difflib.get_close_matches(value.removesuffix(".yaml"), names(), n=4, cutoff=0.5)
@@ -43,3 +49,24 @@ def resolve_configs(argv: Sequence[str]) -> list[str]:
             raise UnknownConfig(f"--config {value}: no such file, and no packaged config of that name ({hint})")
         out[i] = prefix + str(found)
     return out
+
+
+def _check_readable(config: str) -> None:
+    """A config file that cannot be read as a YAML mapping is named here, with the line of a YAML error."""
+    import yaml  # PyYAML, which jsonargparse reads configs with
+
+    try:
+        content = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UnknownConfig(f"--config {config}: not a YAML text file ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise UnknownConfig(f"--config {config}: cannot be read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise UnknownConfig(f"--config {config}: not valid YAML ({problem}{where})") from None
+    if content is not None and not isinstance(content, dict):
+        raise UnknownConfig(
+            f"--config {config}: holds a {type(content).__name__}, not a mapping of options (model:, data:, trainer:)"
+        )

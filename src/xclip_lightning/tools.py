@@ -15,6 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
+from xclip_lightning.errors import check_checkpoint_file
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: escape sequences, bells, carriage returns
 
 
@@ -24,8 +26,23 @@ def terminal_safe(text: object) -> str:
     return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """Help that ends each option with its default, unless the text already says it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        shown = " ".join(map(str, action.default)) if isinstance(action.default, list | tuple) else "%(default)s"
+        return f"{text} (default: {shown})"
+
+
 class _Parser(argparse.ArgumentParser):
-    """An argument parser whose mistakes are one line (the usage is in ``--help``), exit 2."""
+    """An argument parser whose mistakes are one line (the usage is in ``--help``), exit 2, and whose help shows
+    every default."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(formatter_class=_ShowDefaults, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
@@ -71,9 +88,16 @@ def _non_negative_float(text: str) -> float:
 def export(argv: Sequence[str]) -> None:
     """A Lightning checkpoint -> a folder loadable by ``XCLIP.from_pretrained`` (safetensors, configs, tokenizer)."""
     parser = _Parser(prog="xclip-lightning export", description=export.__doc__)
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by xclip-lightning fit")
+    parser.add_argument(
+        "--ckpt-path",
+        "--ckpt_path",
+        dest="ckpt_path",
+        required=True,
+        help="a checkpoint written by xclip-lightning fit",
+    )
     parser.add_argument("--out", required=True, help="folder to write")
     args = parser.parse_args(argv)
+    check_checkpoint_file(args.ckpt_path)
     from xclip_lightning.lightning_module import XCLIPRetrieval
 
     module = XCLIPRetrieval.load_from_checkpoint(args.ckpt_path, map_location="cpu")
@@ -83,7 +107,7 @@ def export(argv: Sequence[str]) -> None:
 
 def index(argv: Sequence[str]) -> None:
     """Sample and encode every video under a folder into an index; re-running encodes only new or changed files."""
-    from xclip_lightning.index.plan import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW, DEFAULT_WORKERS
+    from xclip_lightning.index.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW, DEFAULT_WORKERS
 
     parser = _Parser(prog="xclip-lightning index", description=index.__doc__)
     parser.add_argument(
@@ -187,7 +211,7 @@ def _verify(folder: str) -> None:
 
 def search(argv: Sequence[str]) -> None:
     """Rank the indexed videos for each text query by the full X-CLIP score."""
-    from xclip_lightning.index.ranking import DEFAULT_CANDIDATES
+    from xclip_lightning.index.defaults import DEFAULT_CANDIDATES
 
     parser = _Parser(prog="xclip-lightning search", description=search.__doc__)
     parser.add_argument("queries", nargs="+", help="one or more text queries")
@@ -199,8 +223,12 @@ def search(argv: Sequence[str]) -> None:
         default=DEFAULT_CANDIDATES,
         help=f"moments re-scored with the full score per query; 0 = score every moment (default {DEFAULT_CANDIDATES})",
     )
-    parser.add_argument("--min-score", type=float, default=None, help="drop hits scoring below this (logits)")
-    parser.add_argument("--per-video", type=_positive, default=None, help="at most N moments of one video")
+    parser.add_argument(
+        "--min-score", type=float, default=None, help="drop hits scoring below this (logits; default: keep all)"
+    )
+    parser.add_argument(
+        "--per-video", type=_positive, default=None, help="at most N moments of one video (default: no limit)"
+    )
     parser.add_argument("--model", help="model folder (default: the one recorded in the index)")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
@@ -260,7 +288,12 @@ def convert(argv: Sequence[str]) -> None:
     source.add_argument("--official", help="an official checkpoint (pytorch_model.bin.N): -> XCLIP.from_pretrained")
     source.add_argument("--openai-clip", help="an OpenAI CLIP state dict: -> a CLIP folder for clip_name_or_path")
     parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--tokenizer", default=None, help="CLIP tokenizer name or folder (default: ViT-B/32's)")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="CLIP's tokenizer: OpenAI's bpe_simple_vocab_16e6.txt.gz (as the CLIP and X-CLIP repositories ship it; "
+        "no download), a tokenizer folder, or a hub name (default: openai/clip-vit-base-patch32, from the Hub)",
+    )
     args = parser.parse_args(argv)
     from xclip_lightning import convert as conversions
     from xclip_lightning.model.head import DEFAULT_CLIP

@@ -37,6 +37,7 @@ from xclip_lightning.data.dataset import (
 )
 from xclip_lightning.data.frame_cache import FrameCache, SamplerSettings
 from xclip_lightning.data.video import SamplingMode
+from xclip_lightning.errors import UserError
 from xclip_lightning.inputs.tokenize import tokenize
 from xclip_lightning.model.head import DEFAULT_CLIP, DEFAULT_MAX_FRAMES, DEFAULT_MAX_WORDS
 
@@ -46,7 +47,7 @@ STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 DEFAULT_CACHE_DIR = ".cache/xclip-lightning/frames"
 
 
-class BadVideosError(RuntimeError):
+class BadVideosError(UserError, RuntimeError):
     """Videos of the annotations that gave no frame (listed with their reasons)."""
 
 

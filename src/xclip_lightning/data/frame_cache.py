@@ -38,13 +38,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from xclip_lightning.data.video import SamplingMode, sample_frames
+from xclip_lightning.errors import UserError
 from xclip_lightning.inputs.transforms import resize_crop
 
 CACHE_VERSION = 2  # bump when the stored layout or the sampler's output changes (2: .npy size in the metadata)
 PARENT_CHECK_SECONDS = 1.0  # how often a cache worker checks that its parent is alive
 
 
-class FrameCacheError(RuntimeError):
+class FrameCacheError(UserError, RuntimeError):
     """A cache entry that cannot be read: names the file and how to repair it."""
 
 

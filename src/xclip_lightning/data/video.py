@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from xclip_lightning.errors import UserError
+
 SamplingMode = Literal["timestamp", "official"]
 FrameTransform = Callable[[Tensor], Tensor]  # uint8 [3,H,W] -> uint8 [3,S,S], applied to each frame as it is taken
 FrameSelector = Callable[[list[Fraction]], list[int]]  # seconds of every picked frame -> the ones to keep (sorted)
@@ -41,7 +43,7 @@ REORDER_WINDOW = 64  # frames held to restore presentation order (AVI / B-frame 
 PACKET_BUDGET = 64 << 20  # bytes of packets the fast path keeps between its passes; a larger file is demuxed twice
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video that cannot give a single usable frame: names the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str) -> None:

@@ -10,15 +10,9 @@ from pathlib import Path
 import torch
 
 from xclip_lightning.data.frame_cache import SamplerSettings
+from xclip_lightning.index.defaults import DEFAULT_BATCH_SIZE, DEFAULT_WINDOW, DEFAULT_WORKERS
 from xclip_lightning.index.encode import encode_videos, load_search_model, model_fingerprint, resolve_device
-from xclip_lightning.index.plan import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_WINDOW,
-    DEFAULT_WORKERS,
-    Update,
-    check_destination,
-    model_reference,
-)
+from xclip_lightning.index.plan import Update, check_destination, model_reference
 from xclip_lightning.index.records import BuildReport
 from xclip_lightning.index.store import LOCK, VideoIndexError, is_index, remove_unpublished, writer_lock
 from xclip_lightning.index.writer import FLUSH_EVERY, IndexWriter

@@ -15,7 +15,6 @@ import av
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import encode_jpeg
 from torchvision.transforms.v2.functional import resize
 from tqdm.auto import tqdm
 
@@ -83,8 +82,20 @@ class Decode(Dataset):
             "timestamps": sampled.timestamps,
             "windows": windows.windows,
             "duration": _duration(path),
-            "jpegs": [encode_jpeg(strip, quality=85) for strip in strips],
+            "jpegs": [_jpeg(strip) for strip in strips],
         }
+
+
+def _jpeg(image: Tensor, quality: int = 85) -> Tensor:
+    """uint8 [3,H,W] -> the JPEG file's bytes as a uint8 tensor, which worker processes pass on in shared memory
+    (Pillow: torchvision.io's codecs are deprecated since torchvision 0.29)."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    buffer = BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buffer, format="JPEG", quality=quality)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
 def resolve_device(device: str) -> torch.device:

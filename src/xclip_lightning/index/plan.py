@@ -15,10 +15,6 @@ from xclip_lightning.data.frame_cache import SamplerSettings
 from xclip_lightning.index.migrate import open_index
 from xclip_lightning.index.store import IndexStore, VideoIndexError, VideoInfo, foreign_files, is_index
 
-DEFAULT_WINDOW = 30.0  # seconds per moment of a long video (README "Moments"); a clip under 45 s stays one moment
-DEFAULT_BATCH_SIZE = 8  # moments encoded together
-DEFAULT_WORKERS = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-
 
 def list_videos(folder: Path) -> tuple[list[Path], list[str]]:
     """Video files under ``folder`` (recursively, sorted) and the subfolders that could not be read."""
@@ -106,8 +102,8 @@ class Update:
             )
         if meta.get("window") != self.window:
             raise VideoIndexError(
-                f"{out} was built with --window {meta.get('window') or 0}, not {self.window or 0}: pass --window "
-                f"{meta.get('window') or 0}, or choose another --out"
+                f"{out} was built with --window {meta.get('window') or 0:g}, not {self.window or 0:g}: pass --window "
+                f"{meta.get('window') or 0:g}, or choose another --out"
             )
         if meta.get("feature_dtype") != self.dtype:
             raise VideoIndexError(

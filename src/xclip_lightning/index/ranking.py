@@ -11,9 +11,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from xclip_lightning.index.defaults import DEFAULT_CANDIDATES
 from xclip_lightning.model.head import TextFeatures, VideoFeatures, XCLIPHead
 
-DEFAULT_CANDIDATES = 200  # videos re-scored with the full X-CLIP score per query (bench/search.py)
 EXHAUSTIVE_BLOCK = 65536  # rows gathered and fully scored at a time when every video is scored
 CoarseBackend = Literal["auto", "torch", "faiss"]
 

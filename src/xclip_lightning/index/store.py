@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from xclip_lightning.errors import UserError
 from xclip_lightning.index.records import IndexEntry, entry_id, entry_key
 from xclip_lightning.index.shards import SHARDS, ShardRecord, fsync_write
 
@@ -77,7 +78,7 @@ _ENTRY_COLUMNS = (
 )
 
 
-class VideoIndexError(ValueError):
+class VideoIndexError(UserError, ValueError):
     """An index that cannot be used: built by another model or sampler setting, corrupt, or missing files."""
 
 

@@ -28,9 +28,10 @@ import torch
 from xclip_lightning.data.frame_cache import SamplerSettings
 from xclip_lightning.index.ann import ApproximateSearch, ExactStage, exact_stage, first_stage, warn_exact
 from xclip_lightning.index.build import build_index
+from xclip_lightning.index.defaults import DEFAULT_CANDIDATES
 from xclip_lightning.index.encode import load_search_model, model_fingerprint, resolve_device
 from xclip_lightning.index.migrate import open_index
-from xclip_lightning.index.ranking import DEFAULT_CANDIDATES, EXHAUSTIVE_BLOCK, coarse_query, rank_videos
+from xclip_lightning.index.ranking import EXHAUSTIVE_BLOCK, coarse_query, rank_videos
 from xclip_lightning.index.records import BuildReport, IndexEntry, SearchHit, item_id
 from xclip_lightning.index.shards import FEATURE_KEYS, ShardError, ShardReader
 from xclip_lightning.index.store import IndexBusyError, IndexStore, Location, VideoIndexError, read_thumbnail

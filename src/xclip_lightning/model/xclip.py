@@ -37,25 +37,33 @@ XCLIP_CONFIG_FILE = "xclip_config.json"
 FORMAT_VERSION = 1
 
 
-def update_with_tensors(digest: Any, value: Any, name: str = "") -> Any:
+def update_with_tensors(digest: Any, value: Any, name: str = "", everything: bool = False) -> Any:
     """Feed every tensor inside ``value`` (nested dicts, lists, tuples) to ``digest``: names, dtypes, shapes and
-    the raw bytes, in a fixed order. Values that are not tensors are skipped."""
+    the raw bytes, in a fixed order. Values that are not tensors are skipped, unless ``everything``: then each is fed
+    as its type and ``repr`` (strings, numbers, None, dtypes: what a checkpoint holds besides tensors)."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(value, dict):
+        if everything:
+            digest.update(f"{name}|dict|{len(value)}".encode())
         for key in sorted(value, key=str):
-            update_with_tensors(digest, value[key], f"{name}/{key}")
+            update_with_tensors(digest, value[key], f"{name}/{key}", everything)
     elif isinstance(value, list | tuple):
+        if everything:
+            digest.update(f"{name}|list|{len(value)}".encode())
         for i, item in enumerate(value):
-            update_with_tensors(digest, item, f"{name}/{i}")
+            update_with_tensors(digest, item, f"{name}/{i}", everything)
+    elif everything:
+        digest.update(f"{name}|{type(value).__name__}|{value!r}".encode())
     return digest
 
 
-def tensors_sha256(value: Any) -> str:
-    """SHA-256 of every tensor inside ``value`` (see ``update_with_tensors``)."""
-    return update_with_tensors(hashlib.sha256(), value).hexdigest()
+def tensors_sha256(value: Any, everything: bool = False) -> str:
+    """SHA-256 of every tensor inside ``value`` (and of every other value too with ``everything``; see
+    ``update_with_tensors``)."""
+    return update_with_tensors(hashlib.sha256(), value, everything=everything).hexdigest()
 
 
 def tokenizer_from_files(files: dict[str, str]) -> PreTrainedTokenizerBase:

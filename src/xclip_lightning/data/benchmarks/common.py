@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from xclip_lightning.errors import UserError
+
 MissingPolicy = Literal["error", "skip"]
 SPLITS = ("train", "val", "test")
 # Lower-case; DiDeMo alone has .mov .avi .mp4 .mpg .wmv .m4v .3gp .mts .3g2 (real-data-notes.md)
@@ -23,7 +25,7 @@ VIDEO_EXTENSIONS = (
 SHOW_MISSING = 5  # how many missing ids an error or warning lists
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A malformed annotation file: the message names the file, the line (or the JSON entry) and what is wrong."""
 
     def __init__(
@@ -33,7 +35,7 @@ class AnnotationError(ValueError):
         super().__init__(f"{where}: {problem}")
 
 
-class MissingVideosError(FileNotFoundError):
+class MissingVideosError(UserError, FileNotFoundError):
     """Videos named by the annotations are not on disk."""
 
 
