@@ -9,6 +9,8 @@ import pytest
 
 from xclip_lightning.model.tiny import build_tiny_clip
 
+pytest_plugins = ["serving"]  # the serve tests' videos, index and running server
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("XCLIP_SHARED", REPO.parent / "shared"))
 
@@ -44,6 +46,21 @@ def require_or_skip(available: bool, what: str) -> None:
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A random tiny CLIP + trained tokenizer saved with save_pretrained, loaded by tests via from_pretrained."""
     return str(build_tiny_clip(tmp_path_factory.mktemp("tiny_clip"), CAPTIONS * 4, seed=0))
+
+
+def synthetic_model(root: Path, videos: int, seed: int, max_frames: int = 4) -> tuple[Path, Path]:
+    """Under ``root``: a synthetic dataset of ``videos`` training clips, a tiny CLIP trained on its captions and a
+    saved X-CLIP built from it (seeded); returns (the model folder, the annotations file)."""
+    import torch
+
+    from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
+    from xclip_lightning.model.xclip import XCLIP
+
+    annotations = make_synthetic_dataset(root / "data", train=videos, val=0, test=0, seed=seed)
+    clip = make_synthetic_clip(root / "clip", annotations)
+    torch.manual_seed(0)
+    XCLIP.from_clip(str(clip), max_words=32, max_frames=max_frames).save_pretrained(root / "model")
+    return root / "model", annotations
 
 
 def touch(path: Path) -> Path:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import synthetic_model
 from xclip_lightning.cli import COMMANDS, main
-from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
 from xclip_lightning.model.xclip import XCLIP
 
 ENTRY_POINT = Path(sys.executable).with_name("xclip-lightning")
@@ -59,10 +59,7 @@ def imported_after(code: str) -> list[str]:
 def model_and_videos(tmp_path_factory) -> tuple[Path, Path, Path]:
     """A saved model, a folder of 3 synthetic videos and an index of them."""
     root = tmp_path_factory.mktemp("cli")
-    annotations = make_synthetic_dataset(root / "data", train=3, val=0, test=0, seed=11)
-    clip = make_synthetic_clip(root / "clip", annotations)
-    torch.manual_seed(0)
-    XCLIP.from_clip(str(clip), max_words=32, max_frames=4).save_pretrained(root / "model")
+    _, annotations = synthetic_model(root, videos=3, seed=11)
     main(["index", "--model", str(root / "model"), "--videos", str(annotations.parent / "videos"),
           "--out", str(root / "index"), "--workers", "0"])  # fmt: skip
     return root / "model", annotations.parent / "videos", root / "index"

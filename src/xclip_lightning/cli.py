@@ -1,5 +1,5 @@
 """The ``xclip-lightning`` command: LightningCLI ``fit`` / ``validate`` / ``test`` / ``predict`` with YAML configs,
-and the tools of ``tools.py`` (``export``, ``convert``, ``index``, ``search``, ``demo``).
+and the tools of ``tools.py`` (``export``, ``convert``, ``index``, ``search``, ``serve``, ``demo``).
 
     xclip-lightning fit --config msrvtt/vitb32 --data.annotations /data/msrvtt_data --data.videos /data/MSRVTT/videos
     xclip-lightning test --config msrvtt/vitb32 --ckpt_path runs/msrvtt-vitb32/version_0/checkpoints/last.ckpt
@@ -42,7 +42,7 @@ from xclip_lightning.errors import (
 
 PROG = "xclip-lightning"
 LIGHTNING = ("fit", "validate", "test", "predict")
-TOOLS = ("export", "convert", "index", "search", "demo")
+TOOLS = ("export", "convert", "index", "search", "serve", "demo")
 COMMANDS = {
     "fit": "train a model: --config FILE or a packaged name (msrvtt/vitb32, didemo/vitb16, synthetic, ...)",
     "validate": "evaluate a model on the val split (--ckpt_path CKPT)",
@@ -52,6 +52,7 @@ COMMANDS = {
     "convert": "turn an official X-CLIP checkpoint or OpenAI CLIP weights into a model folder, offline",
     "index": "encode a folder of your videos into an index (a re-run encodes only what changed)",
     "search": "find the moments of an indexed folder that match a text",
+    "serve": "keep an index loaded: a search page and a JSON API on http://127.0.0.1:8000/",
     "demo": "train and test on the embedded synthetic dataset (CPU), print the retrieval table",
 }
 HELP_CACHE_DISTRIBUTIONS = ("lightning", "jsonargparse", "torch", "transformers", "torchmetrics")

@@ -8,14 +8,16 @@ xclip-lightning search --index ~/videos.xindex "a dog catches a frisbee" --top-k
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import NoReturn
 
-from xclip_lightning.errors import check_checkpoint_file
+from xclip_lightning.errors import UserError, check_checkpoint_file
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: escape sequences, bells, carriage returns
 
@@ -237,6 +239,7 @@ def search(argv: Sequence[str]) -> None:
     args = parser.parse_args(argv)
     if args.html and not Path(args.html).parent.is_dir():
         parser.error(f"--html {args.html}: the folder {Path(args.html).parent} does not exist")
+    from xclip_lightning.index.records import clock
     from xclip_lightning.index.video_index import VideoIndex, scorer_name
 
     found = VideoIndex.load(args.index, model=args.model)
@@ -257,20 +260,13 @@ def search(argv: Sequence[str]) -> None:
             print(terminal_safe(query))
             for hit in results:
                 path = terminal_safe(hit.path)
-                span = f"{_clock(hit.start)}-{_clock(hit.end)}"
-                print(f"  {hit.rank:3d}. {hit.score:7.2f}  {path}  {span}  (best frame at {_clock(hit.best_time)})")
+                span = f"{clock(hit.start)}-{clock(hit.end)}"
+                print(f"  {hit.rank:3d}. {hit.score:7.2f}  {path}  {span}  (best frame at {clock(hit.best_time)})")
     if args.html:
-        from xclip_lightning.index.report import write_html
+        from xclip_lightning.serve.report import write_html
 
         page = write_html(args.html, args.index, args.queries, hits, scorer, found.thumbnail)
         print(f"wrote {terminal_safe(page)}")
-
-
-def _clock(seconds: float) -> str:
-    """1234.5 -> '20:34.5', 4000 -> '1:06:40.0'."""
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return (f"{int(hours)}:{int(minutes):02d}" if hours else f"{int(minutes)}") + f":{secs:04.1f}"
 
 
 def demo(argv: Sequence[str]) -> None:
@@ -305,3 +301,89 @@ def convert(argv: Sequence[str]) -> None:
     else:
         folder = conversions.convert_openai_clip(args.openai_clip, args.out, tokenizer)
         print(f"converted {terminal_safe(args.openai_clip)} to {terminal_safe(folder)} (use as clip_name_or_path)")
+
+
+def serve(argv: Sequence[str]) -> None:
+    """Keep the model and an index loaded and answer queries over HTTP: a search page at / and a JSON API
+    (/api/search, /api/similar, /api/health, /media/ID, /thumbs/ID; see the README)."""
+    from xclip_lightning.index.defaults import DEFAULT_CANDIDATES
+
+    parser = _Parser(prog="xclip-lightning serve", description=serve.__doc__)
+    parser.add_argument("--index", required=True, help="folder written by xclip-lightning index")
+    parser.add_argument("--model", help="model folder (default: the one recorded in the index)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; any but loopback needs --token")
+    parser.add_argument("--port", type=_port, default=8000, help="port to listen on; 0 = any free one")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_VARIABLE),
+        help=f"every request must carry it (Authorization: Bearer TOKEN, or open /?token=TOKEN once); also from "
+        f"${TOKEN_VARIABLE}, which keeps it out of the process list (default: none, loopback only)",
+    )
+    parser.add_argument(
+        "--candidates",
+        type=_zero_or_more("score every moment"),
+        default=DEFAULT_CANDIDATES,
+        help="moments re-scored with the full score per query; 0 = score every moment",
+    )
+    args = parser.parse_args(argv)
+    if not _loopback(args.host) and not args.token:
+        parser.error(
+            f"--host {args.host} would let anyone on the network search and play the indexed videos: give --token "
+            f"(or ${TOKEN_VARIABLE}), or leave --host out to serve this machine only"
+        )
+    if args.token is not None and len(args.token) < 8:
+        parser.error("--token: use at least 8 characters")
+    try:
+        import uvicorn
+
+        from xclip_lightning.serve.app import create_app
+    except ImportError as err:
+        raise UserError(f"serve needs FastAPI and uvicorn ({err}): pip install 'xclip-lightning[serve]'") from None
+    import socket
+
+    from xclip_lightning.index.video_index import VideoIndex
+
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((args.host, args.port))
+    except OSError as err:
+        listener.close()
+        raise UserError(f"cannot listen on {args.host}:{args.port} ({err.strerror}): choose another --port") from None
+    found = VideoIndex.load(args.index, model=args.model)
+    found.search(["warming up"], k=1, candidates=args.candidates or None)  # the first stage is loaded before ready
+    app = create_app(found, token=args.token, candidates=args.candidates or None)
+    host, port = listener.getsockname()[:2]
+    url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}/"
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:
+                print(f"serving {terminal_safe(args.index)} ({len(found)} moments) at {url} (Ctrl-C stops)", flush=True)
+
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down gracefully on Ctrl-C, then raises it again
+        Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[listener])
+    print("stopped", flush=True)
+
+
+TOKEN_VARIABLE = "XCLIP_SERVE_TOKEN"
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be from 0 to 65535, got {value}")
+    return value
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

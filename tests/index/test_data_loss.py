@@ -10,25 +10,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from conftest import synthetic_model
 from xclip_lightning.cli import main
-from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
 from xclip_lightning.index.video_index import VideoIndex, VideoIndexError
-from xclip_lightning.model.xclip import XCLIP
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path]:
     """A saved model and a folder of 4 synthetic videos."""
     root = tmp_path_factory.mktemp("data_loss")
-    annotations = make_synthetic_dataset(root / "data", train=4, val=0, test=0, seed=5)
-    clip = make_synthetic_clip(root / "clip", annotations)
-    torch.manual_seed(0)
-    XCLIP.from_clip(str(clip), max_words=32, max_frames=4).save_pretrained(root / "model")
+    model, annotations = synthetic_model(root, videos=4, seed=5)
     videos = root / "videos"
     shutil.copytree(annotations.parent / "videos", videos)
-    return root / "model", videos
+    return model, videos
 
 
 def snapshot(folder: Path) -> dict[str, str]:

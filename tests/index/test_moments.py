@@ -21,10 +21,10 @@ from xclip_lightning.cli import main
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset, write_video
 from xclip_lightning.data.video import WindowSelector, linspace_indices, sample_frames
-from xclip_lightning.index.report import media_fragment, video_url
 from xclip_lightning.index.video_index import VideoIndex, item_id
 from xclip_lightning.lightning_module import XCLIPRetrieval
 from xclip_lightning.model.xclip import XCLIP
+from xclip_lightning.serve.report import media_fragment, video_url
 
 CLIP_SECONDS = 6  # synthetic clips of three events, 2 s each
 FPS = 10  # the synthetic videos' frame rate

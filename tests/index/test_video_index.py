@@ -16,9 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import require_or_skip
+from conftest import require_or_skip, synthetic_model
 from xclip_lightning.cli import main
-from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
 from xclip_lightning.index.video_index import VideoIndex, VideoIndexError
 from xclip_lightning.model.xclip import XCLIP
 
@@ -27,10 +26,7 @@ from xclip_lightning.model.xclip import XCLIP
 def setup(tmp_path_factory) -> tuple[Path, Path, list[str]]:
     """A saved XCLIP model and a folder of 6 synthetic videos (one in a subfolder) plus an unreadable file."""
     root = tmp_path_factory.mktemp("search")
-    annotations = make_synthetic_dataset(root / "data", train=6, val=0, test=0, seed=11)
-    clip = make_synthetic_clip(root / "clip", annotations)
-    torch.manual_seed(0)
-    XCLIP.from_clip(str(clip), max_words=32, max_frames=6).save_pretrained(root / "model")
+    _, annotations = synthetic_model(root, videos=6, seed=11, max_frames=6)
     videos = root / "videos"
     (videos / "sub").mkdir(parents=True)
     captions = []

@@ -27,6 +27,14 @@ def item_id(path: str, start: float = 0.0) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
+def clock(seconds: float) -> str:
+    """A moment's time as the terminal table, the page and the server print it: 1234.5 -> '20:34.5',
+    4000 -> '1:06:40.0'."""
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return (f"{int(hours)}:{int(minutes):02d}" if hours else f"{int(minutes)}") + f":{secs:04.1f}"
+
+
 @dataclass(frozen=True)
 class IndexEntry:
     """One indexed moment: the span [start, end) of a video file (the whole file when it is short), which version of

@@ -254,12 +254,7 @@ class VideoIndex:
         if candidates is None or max(candidates, k) >= count:
             places, scores = self._exhaustive(text, min(wanted, count))
         else:
-            if self._stage is None:
-                self._stage = (
-                    exact_stage(self.store, self.reader)
-                    if self.exact_first_stage
-                    else first_stage(self.store, self.reader)
-                )
+            self._first_stage()
             query = coarse_query(head, text)[0]
             found = self.store.locate(self._stage.topk(query, max(candidates, k)))
             if isinstance(self._stage, ApproximateSearch) and self._stage.checksum is not None and not found:
@@ -272,10 +267,23 @@ class VideoIndex:
         ranked = list(zip(places, scores, strict=True))
         if per_video is not None:
             ranked = _at_most_per_video(ranked, per_video, k)
-        ranked = ranked[:k]
+        return self._hits(ranked[:k], text.sentence[0])
+
+    def _first_stage(self) -> ExactStage | ApproximateSearch:
+        if self._stage is None:
+            self._stage = (
+                exact_stage(self.store, self.reader) if self.exact_first_stage else first_stage(self.store, self.reader)
+            )
+        return self._stage
+
+    def _hits(self, ranked: list[tuple[Location, float]], probe: torch.Tensor) -> list[SearchHit]:
+        """Ranked moments as hits; the best frame of each is the one closest to ``probe`` (the query's sentence
+        feature, or the video feature of the moment searched like)."""
+        if not ranked:
+            return []
         entries = self.store.entries_by_key(p.key for p, _ in ranked)
         rows = self._gather([p for p, _ in ranked], ("frames", "frame_mask"))
-        best = (rows["frames"] @ text.sentence[0]).masked_fill(~rows["frame_mask"], -torch.inf).argmax(dim=1)
+        best = (rows["frames"] @ probe).masked_fill(~rows["frame_mask"], -torch.inf).argmax(dim=1)
         hits = []
         for rank, ((place, score), b) in enumerate(zip(ranked, best.tolist(), strict=True)):
             e = entries[place.key]
@@ -286,6 +294,46 @@ class VideoIndex:
                 )
             )  # fmt: skip
         return hits
+
+    def moment(self, moment_id: str) -> IndexEntry | None:
+        """The indexed moment whose hit id (``SearchHit.id``) is ``moment_id``, or None (the map is built on first
+        use and again after an update)."""
+        self._refresh()
+        if "moments" not in self._cache:
+            self._cache["moments"] = {item_id(e.path, e.start): e for e in self.store.entries()}
+        return self._cache["moments"].get(moment_id)
+
+    @torch.no_grad()
+    def similar(
+        self,
+        moment_id: str,
+        k: int = 10,
+        candidates: int | None = DEFAULT_CANDIDATES,
+        per_video: int | None = None,
+    ) -> list[SearchHit]:
+        """More like this: the ``k`` moments whose video features (the temporal encoder's output, as the index stores
+        it) are closest to those of the moment ``moment_id`` (a hit's ``id``), the moment itself left out. The score
+        is the logit scale times their cosine; the first stage picks ``candidates`` moments (None: all)."""
+        if k < 1:
+            raise ValueError(f"k (the number of results) must be at least 1, got {k}")
+        with self.store.snapshot():
+            entry = self.moment(moment_id)
+            if entry is None:
+                raise VideoIndexError(f"{self.folder} holds no moment with the id {moment_id!r}")
+            query = self._gather([entry], ("video",))["video"][0].float()
+            count = self.store.count()
+            if candidates is None or candidates + 1 >= count:
+                places = self.store.locations()
+            else:
+                places = list(self.store.locate(self._first_stage().topk(query, candidates + 1)).values())
+            places = [p for p in places if p.key != entry.key]
+            if not places:
+                return []
+            scores = (self._gather(places, ("video",))["video"].float() @ query) * self.model.logit_scale()
+            order = scores.argsort(descending=True, stable=True).tolist()
+            ranked = [(places[i], float(scores[i])) for i in order]
+            ranked = _at_most_per_video(ranked, per_video, k) if per_video is not None else ranked[:k]
+            return self._hits(ranked, query)
 
     def _score(self, text: TextFeatures, places: list[Location], k: int) -> tuple[list[Location], list[float]]:
         """The best ``k`` of the candidates by the full X-CLIP score, best first, with their scores."""
@@ -310,9 +358,9 @@ class VideoIndex:
         best.sort(key=lambda x: (-x[0], x[1]))
         return [p for _, _, p in best[:k]], [s for s, _, _ in best[:k]]
 
-    def thumbnail(self, hit: SearchHit) -> bytes | None:
-        """The JPEG strip of a hit's moment, or None when it is missing, not a plain file of thumbs/ (a symlink is
-        never followed) or not the bytes the index wrote."""
+    def thumbnail(self, hit: SearchHit | IndexEntry) -> bytes | None:
+        """The JPEG strip of a hit's (or an entry's) moment, or None when it is missing, not a plain file of
+        thumbs/ (a symlink is never followed) or not the bytes the index wrote."""
         data = read_thumbnail(self.folder, hit.thumbnail)
         if data is None:
             return None
