@@ -50,8 +50,10 @@ bench: $(BENCH_STAMP) ## Run the benchmarks (each prints a table and one JSON li
 	$(BIN)/python bench/index_memory.py
 	$(BIN)/python bench/decode_memory.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/serve.py
 
-demo: install ## Train and test on the embedded synthetic dataset (CPU, a few minutes), print the retrieval table
+demo: install ## Train and test on the embedded synthetic dataset (CPU, about 80 s), print the retrieval table
 	$(BIN)/xclip-lightning demo
 
 clean: ## Remove the virtual environment and caches

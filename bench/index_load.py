@@ -40,11 +40,13 @@ from xclip_lightning.model.xclip import XCLIP
 D, T, PER_VIDEO = 512, 12, 120  # ViT-B's width, 12 frames a moment, one-hour videos in 30 s moments
 
 
-def video_rows(video: int, generator: torch.Generator) -> list[tuple[IndexEntry, dict[str, torch.Tensor]]]:
-    """The 120 moments of made-up video number ``video``."""
+def video_rows(
+    video: int, generator: torch.Generator, dim: int = D
+) -> list[tuple[IndexEntry, dict[str, torch.Tensor]]]:
+    """The 120 moments of made-up video number ``video`` (features of width ``dim``)."""
     path = f"/data/videos/camera-{video // 100:03d}/recording-{video:06d}.mp4"
     size, mtime = 1_000_000_000 + video, 1_700_000_000_000_000_000 + video
-    frames = F.normalize(torch.randn(PER_VIDEO, T, D, generator=generator), dim=-1)
+    frames = F.normalize(torch.randn(PER_VIDEO, T, dim, generator=generator), dim=-1)
     rows = []
     for k in range(PER_VIDEO):
         start = 30.0 * k
@@ -57,12 +59,13 @@ def video_rows(video: int, generator: torch.Generator) -> list[tuple[IndexEntry,
     return rows
 
 
-def write_index(folder: Path, moments: int, fingerprint: str) -> float:
-    """An index of ``moments`` moments in ``folder`` through the real writer; returns the seconds it took."""
+def write_index(folder: Path, moments: int, fingerprint: str, dim: int = D, model: str | None = None) -> float:
+    """An index of ``moments`` moments of width ``dim`` in ``folder`` through the real writer, recording ``model``;
+    returns the seconds it took."""
     start = time.perf_counter()
     meta = {
         "model_fingerprint": fingerprint,
-        "model": None,
+        "model": model,
         "videos": "/data/videos",
         "sampler": {"fps": 1.0, "max_frames": T, "mode": "timestamp", "image_size": 224},
         "window": 30.0,
@@ -75,7 +78,7 @@ def write_index(folder: Path, moments: int, fingerprint: str) -> float:
         writer = IndexWriter(store, torch.float16, meta=meta)
         writer.record_files = lambda names: None  # no thumbnails are written here
         for video in range(-(-moments // PER_VIDEO)):  # whole videos: at least ``moments`` moments
-            writer.add_video(video_rows(video, generator))
+            writer.add_video(video_rows(video, generator, dim))
         writer.flush()
         update_approximate(store, "auto")
         store.close()

@@ -88,7 +88,7 @@ def copy_test_only(mini: Miniature, root: Path) -> Miniature:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 # the miniatures carry the released files' quirks (ids without captions), which the readers report as they drop them
-@pytest.mark.filterwarnings("ignore:.* left out:UserWarning")
+@pytest.mark.filterwarnings("ignore:.* left out:RuntimeWarning")
 def test_fit_with_sanity_check_then_test_then_test_only_elsewhere(name, clip, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # any attempt to reach the hub fails at once
     mini = BUILDERS[name](tmp_path / "data")

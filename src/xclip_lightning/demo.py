@@ -1,4 +1,4 @@
-"""The demo: train and test X-CLIP on the embedded synthetic dataset, on the CPU, in a few minutes.
+"""The demo: train and test X-CLIP on the embedded synthetic dataset, on the CPU, in about 80 s.
 
     xclip-lightning demo                                 # what `make demo` runs (works from a pip install too)
     xclip-lightning demo --trainer.max_epochs 2          # any LightningCLI override of the packaged synthetic.yaml
@@ -102,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     best = best_checkpoint(cli.trainer)
     print(f"best checkpoint: {best}")
     print(
-        f"search with it: xclip-lightning export --ckpt_path {best} --out models/synthetic && xclip-lightning index "
+        f"search with it: xclip-lightning export --ckpt-path {best} --out models/synthetic && xclip-lightning index "
         f"--model models/synthetic --videos {ROOT / 'data' / 'videos'} --out models/synthetic.xindex"
     )
     print(f"total time: {time.perf_counter() - start:.0f} s")

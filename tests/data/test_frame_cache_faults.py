@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from xclip_lightning.data.frame_cache import FrameCache, FrameCacheError, SamplerSettings, VideoSource, _entry_name
 from xclip_lightning.data.synthetic import make_synthetic_dataset
@@ -142,3 +144,66 @@ def test_ctrl_c_stops_at_once_and_keeps_what_is_finished(tmp_path, videos):
     assert all(s in cache for s in sources)
     assert before == {s: (cache.folder / f"{_entry_name(s)}.json").stat().st_mtime_ns for s in done}  # resumed
     assert not alive(workers)
+
+
+def entry(cache: FrameCache, source: VideoSource, suffix: str) -> Path:
+    return cache.folder / f"{_entry_name(source)}{suffix}"
+
+
+def test_a_damaged_npy_header_of_the_same_size_is_rebuilt(tmp_path, videos):
+    sources = [VideoSource(p) for p in videos[:2]]
+    cache = FrameCache(tmp_path, SETTINGS)
+    cache.build(sources, workers=1, progress=False)
+    expected = cache.load(sources[0]).frames
+    npy = entry(cache, sources[0], ".npy")
+    data = bytearray(npy.read_bytes())
+    at = data.index(b"'shape': (") + len(b"'shape': (")
+    data[at] = ord("7") if data[at] != ord("7") else ord("8")  # another shape, the same size
+    npy.write_bytes(bytes(data))
+    assert sources[0] not in cache  # what prepare_data checks: the header is read, not only the size
+    assert cache.build(sources, workers=1, progress=False) == {}
+    assert sources[0] in cache and (FrameCache(tmp_path, SETTINGS).load(sources[0]).frames == expected).all()
+
+
+def test_flipped_pixels_or_a_swapped_npy_are_never_returned(tmp_path, videos):
+    sources = [VideoSource(p) for p in videos[:3]]  # three different clips
+    cache = FrameCache(tmp_path, SETTINGS)
+    cache.build(sources, workers=1, progress=False)
+    expected = [cache.load(s).frames for s in sources]
+    flipped, b, c = (entry(cache, s, ".npy") for s in sources)
+    data = bytearray(flipped.read_bytes())
+    data[-1] ^= 0x10  # one pixel
+    flipped.write_bytes(bytes(data))
+    assert b.stat().st_size == c.stat().st_size
+    b_bytes, c_bytes = b.read_bytes(), c.read_bytes()
+    b.write_bytes(c_bytes), c.write_bytes(b_bytes)  # swapped with another entry of the same size
+    fresh = FrameCache(tmp_path, SETTINGS)  # another process: nothing verified yet
+    for source, path in zip(sources, (flipped, b, c), strict=True):
+        assert source in fresh  # size and header agree: only the digest can tell
+        with pytest.raises(FrameCacheError, match=rf"{path.name} \(frames of .*{source.path.name}\) is not what was"):
+            fresh.frames_array(source)
+        assert source not in fresh  # its entry was dropped: the next prepare_data rebuilds it
+    assert fresh.build(sources, workers=1, progress=False) == {}
+    again = FrameCache(tmp_path, SETTINGS)
+    assert all((again.load(s).frames == e).all() for s, e in zip(sources, expected, strict=True))
+
+
+def test_edited_timestamps_or_a_truncated_json_are_named_and_rebuilt(tmp_path, videos):
+    sources = [VideoSource(p) for p in videos[:2]]
+    cache = FrameCache(tmp_path, SETTINGS)
+    cache.build(sources, workers=1, progress=False)
+    expected = cache.load(sources[0]).timestamps
+    edited, truncated = (entry(cache, s, ".json") for s in sources)
+    meta = json.loads(edited.read_text())
+    meta["timestamps"][0] += 0.5
+    edited.write_text(json.dumps(meta))
+    truncated.write_text(truncated.read_text()[:40])
+    fresh = FrameCache(tmp_path, SETTINGS)
+    with pytest.raises(FrameCacheError, match=rf"{edited.name} \(the frame cache's metadata of .*\) cannot be used "
+                                              r"\(it does not match the digest"):  # fmt: skip
+        fresh.load(sources[0])
+    with pytest.raises(FrameCacheError, match=rf"{truncated.name} .*cannot be used \(JSONDecodeError"):
+        fresh.load(sources[1])
+    assert sources[0] not in fresh and sources[1] not in fresh
+    assert fresh.build(sources, workers=1, progress=False) == {}
+    assert torch.equal(FrameCache(tmp_path, SETTINGS).load(sources[0]).timestamps, expected)

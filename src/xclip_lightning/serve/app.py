@@ -139,10 +139,7 @@ def create_app(index: VideoIndex, token: str | None = None, candidates: int | No
     page = page.replace("{{SCORER}}", scorer_name(index.model))
     app.state.library = library
 
-    @app.middleware("http")
     async def authorize(request: Request, call_next):
-        if token is None:
-            return await call_next(request)
         given = request.headers.get("authorization", "")
         bearer = given[7:] if given.lower().startswith("bearer ") else ""
         if hmac.compare_digest(bearer, token) or hmac.compare_digest(request.cookies.get(COOKIE, ""), token):
@@ -154,6 +151,9 @@ def create_app(index: VideoIndex, token: str | None = None, candidates: int | No
             return response
         return JSONResponse({"error": "a token is needed: open /?token=TOKEN once, or send Authorization: Bearer "
                                       "TOKEN"}, status_code=401)  # fmt: skip
+
+    if token is not None:  # without a token no middleware at all (each one costs every request)
+        app.middleware("http")(authorize)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -176,12 +176,14 @@ def create_app(index: VideoIndex, token: str | None = None, candidates: int | No
     def home() -> Response:
         return Response(page, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-cache"})
 
+    # the routes answer JSONResponse themselves: FastAPI's own encoding of a returned dict (jsonable_encoder) walks
+    # every float of every hit and cost more than the search (bench/serve.py)
     @app.get("/api/health")
-    def health() -> dict[str, Any]:
-        return library.health()
+    def health() -> JSONResponse:
+        return JSONResponse(library.health())
 
     @app.get("/api/search")
-    def search(request: Request) -> dict[str, Any]:
+    def search(request: Request) -> JSONResponse:
         started = time.perf_counter()
         query = request.query_params.get("q", "").strip()
         if not query:
@@ -194,25 +196,19 @@ def create_app(index: VideoIndex, token: str | None = None, candidates: int | No
         hits = library.search(query, k, per_video)
         if min_score is not None:
             hits = [h for h in hits if h.score >= min_score]
-        return {
-            "query": query,
-            "hits": [hit_json(library, h) for h in hits],
-            "took_ms": (time.perf_counter() - started) * 1000,
-        }
+        hits = [hit_json(library, h) for h in hits]
+        return JSONResponse({"query": query, "hits": hits, "took_ms": (time.perf_counter() - started) * 1000})
 
     @app.get("/api/similar")
-    def similar(request: Request) -> dict[str, Any]:
+    def similar(request: Request) -> JSONResponse:
         started = time.perf_counter()
         moment = request.query_params.get("id", "")
         library.moment(moment)
         k = _number(request, "k", int, 10, 1, MAX_K)
         per_video = _number(request, "per_video", int, None, 1, MAX_K)
         hits = library.similar(moment, k, per_video)
-        return {
-            "id": moment,
-            "hits": [hit_json(library, h) for h in hits],
-            "took_ms": (time.perf_counter() - started) * 1000,
-        }
+        hits = [hit_json(library, h) for h in hits]
+        return JSONResponse({"id": moment, "hits": hits, "took_ms": (time.perf_counter() - started) * 1000})
 
     @app.get("/media/{moment}")
     def media(moment: str, request: Request) -> Response:
