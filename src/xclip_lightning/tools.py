@@ -133,6 +133,13 @@ def index(argv: Sequence[str]) -> None:
         f"moment per file (default {DEFAULT_WINDOW:g})",
     )
     parser.add_argument(
+        "--stride",
+        type=_positive_float,
+        default=None,
+        help="seconds between the starts of overlapping moments, e.g. 15 with --window 30: an event on a moment's "
+        "boundary lies inside the next one, for twice the rows (default: the window, no overlap)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=_positive,
         default=DEFAULT_BATCH_SIZE,
@@ -168,12 +175,14 @@ def index(argv: Sequence[str]) -> None:
     missing = [f"--{name}" for name in ("model", "videos", "out") if getattr(args, name) is None]
     if missing:
         parser.error(f"the following arguments are required: {', '.join(missing)} (or --verify INDEX)")
+    if args.stride is not None and not args.window:
+        parser.error("--stride needs a --window: with --window 0 each file is one moment")
     from xclip_lightning.index.video_index import VideoIndex
 
     built = VideoIndex.build(
         args.model, args.videos, args.out, fps=args.fps, batch_size=args.batch_size, workers=args.workers,
-        window=args.window or None, device=args.device, approximate=args.approximate, half=args.half,
-        devices=args.devices, num_nodes=args.num_nodes, prune=args.prune,
+        window=args.window or None, stride=args.stride, device=args.device, approximate=args.approximate,
+        half=args.half, devices=args.devices, num_nodes=args.num_nodes, prune=args.prune,
     )  # fmt: skip
     if built.rank != 0:
         return

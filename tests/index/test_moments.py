@@ -21,7 +21,7 @@ from xclip_lightning.cli import main
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset, write_video
 from xclip_lightning.data.video import WindowSelector, linspace_indices, sample_frames
-from xclip_lightning.index.video_index import VideoIndex, item_id
+from xclip_lightning.index.video_index import VideoIndex, VideoIndexError, item_id
 from xclip_lightning.lightning_module import XCLIPRetrieval
 from xclip_lightning.model.xclip import XCLIP
 from xclip_lightning.serve.report import media_fragment, video_url
@@ -48,6 +48,26 @@ def test_window_selector_splits_long_videos_and_keeps_clips_whole():
     assert selector([float(t) for t in range(3600)]) == [
         i for k in range(120) for i in (30 * k + np.linspace(0, 29, 12, dtype=int)).tolist()
     ]
+
+
+def test_overlapping_windows_share_frames_and_cover_every_boundary():
+    times = [float(t) for t in range(100)]  # D = 100 s at 1 fps
+    selector = WindowSelector(30, fps=1.0, max_frames=12, stride=15)
+    kept = selector(times)
+    assert [(w.start, w.end) for w in selector.windows] == [(0, 30), (15, 45), (30, 60), (45, 75), (60, 90), (75, 100)]
+    assert kept == sorted(set(kept))
+    for w in selector.windows:  # each window: the linspace rule over its own frames, found through its positions
+        own = [t for t in range(100) if w.start <= t < w.end]
+        expected = [own[j] for j in np.linspace(0, len(own) - 1, min(12, len(own)), dtype=int)]
+        assert [kept[p] for p in w.positions] == expected
+    assert {p for w in selector.windows for p in w.positions} == set(range(len(kept)))  # no frame decoded for nothing
+    for edge in [w.end for w in selector.windows[:-2]]:  # 5 s either side of any window's end lie inside another
+        assert any(w.start <= edge - 5 and edge + 5 <= w.end for w in selector.windows), edge
+    whole = WindowSelector(30, 1.0, 12, stride=10)
+    whole([float(t) for t in range(40)])
+    assert [(w.start, w.end) for w in whole.windows] == [(0, 40)]  # a clip under 1.5 windows stays whole
+    consecutive, strided = WindowSelector(30, 1.0, 12), WindowSelector(30, 1.0, 12, stride=30)
+    assert consecutive(times) == strided(times) and consecutive.windows == strided.windows  # stride >= window
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +134,27 @@ def test_each_event_is_found_at_its_moment_in_a_long_video(long_video, tmp_path,
     # the scores are the head's on each moment's frames, however the moments were batched
     again = VideoIndex.build(model, videos, tmp_path / "one_by_one", workers=0, progress=False, window=6, batch_size=1)
     assert torch.allclose(again.features.video, index.features.video, atol=1e-5)
+
+
+def test_overlapping_moments_are_indexed_and_an_index_keeps_its_stride(long_video, tmp_path, capsys):
+    model, videos, captions = long_video
+    stride = CLIP_SECONDS / 2
+    index = VideoIndex.build(model, videos, tmp_path / "index", workers=0, progress=False, window=CLIP_SECONDS,
+                             stride=stride)  # fmt: skip
+    starts = [e.start for e in index.entries]
+    assert starts == [stride * k for k in range(2 * len(captions) - 1)]  # every clip, and every pair across a boundary
+    assert all(e.end - e.start == CLIP_SECONDS for e in index.entries)
+    assert len({e.id for e in index.entries}) == len(index.entries)
+    for entry in index.entries:
+        assert len(entry.timestamps) == 6 and all(entry.start <= t < entry.end for t in entry.timestamps)
+    every = index.search(captions[1], k=len(index.entries), candidates=None)[0]
+    assert {h.start for h in every} == set(starts)  # the moments across boundaries are searched too
+    with pytest.raises(VideoIndexError, match=r"was built with --stride 3, not without: pass --stride 3"):
+        VideoIndex.build(model, videos, tmp_path / "index", workers=0, progress=False, window=CLIP_SECONDS)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", "--model", str(model), "--videos", str(videos), "--out", str(tmp_path / "x"), "--window", "0",
+              "--stride", "5"])  # fmt: skip
+    assert exit_info.value.code == 2 and "--stride needs a --window" in capsys.readouterr().err
 
 
 def test_per_video_grouping_jsonl_and_the_page(long_video, tmp_path, capsys):

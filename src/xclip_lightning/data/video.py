@@ -17,6 +17,7 @@ decoder errors are caught per packet, counted, and reported in one warning.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import heapq
 import itertools
@@ -77,40 +78,64 @@ def _selector(select: FrameSelector | int) -> FrameSelector:
 
 @dataclass(frozen=True)
 class Window:
-    """One moment of a long video: [start, end) seconds from the first frame, and its ``count`` sampled frames."""
+    """One moment of a long video: [start, end) seconds from the first frame, and which of the sampled frames are
+    its own (``positions`` into the frames ``sample_frames`` returned; overlapping windows share frames)."""
 
     start: float
     end: float
-    count: int
+    positions: tuple[int, ...]
+
+    @property
+    def count(self) -> int:
+        return len(self.positions)
 
 
 class WindowSelector:
-    """Splits a video into ``round(D / window)`` equal consecutive windows (at least one; D = the time of the last
-    picked frame plus one sampling period) and keeps up to ``max_frames`` frames of each by the linspace rule.
-    After sampling, ``windows`` says which of the returned frames belong to which window (windows without a frame
-    are left out). A clip shorter than 1.5 windows stays one window, as the model was trained."""
+    """Splits a video into moments and keeps up to ``max_frames`` frames of each by the linspace rule. After
+    sampling, ``windows`` says which of the returned frames belong to which window (windows without a frame are left
+    out). D is the time of the last picked frame plus one sampling period; a clip shorter than 1.5 windows stays one
+    window, as the model was trained.
 
-    def __init__(self, window: float, fps: float, max_frames: int) -> None:
+    Without ``stride`` (or a stride of at least the window): ``round(D / window)`` equal consecutive windows (at
+    least one). With a shorter ``stride``: windows of ``window`` seconds starting every ``stride`` seconds, the last
+    one ending at D, so an event on one window's boundary lies inside the next (``--stride 15`` with the default 30 s
+    window: twice the moments)."""
+
+    def __init__(self, window: float, fps: float, max_frames: int, stride: float | None = None) -> None:
         if window <= 0:
             raise ValueError(f"window must be positive (seconds), got {window}")
+        if stride is not None and not stride > 0:
+            raise ValueError(f"stride must be positive (seconds), got {stride}")
         self.window, self.period, self.max_frames = window, 1 / fps, max_frames
+        self.stride = stride if stride is not None and stride < window else None
         self.windows: list[Window] = []
+
+    def spans(self, duration: float) -> list[tuple[float, float]]:
+        """The [start, end) seconds of each window of a video of ``duration`` seconds."""
+        if self.stride is None or duration < 1.5 * self.window:
+            count = max(1, round(duration / self.window))
+            return [(duration * k / count, duration * (k + 1) / count) for k in range(count)]
+        count = math.ceil((duration - self.window) / self.stride - 1e-9) + 1
+        return [(k * self.stride, min(k * self.stride + self.window, duration)) for k in range(count)]
 
     def __call__(self, times: list[Fraction]) -> list[int]:
         if not times:
             self.windows = []
             return []
-        duration = float(times[-1]) + self.period
-        count = max(1, round(duration / self.window))
-        groups: list[list[int]] = [[] for _ in range(count)]
-        for i, time in enumerate(times):
-            groups[min(count - 1, int(float(time) * count / duration))].append(i)
-        kept, self.windows = [], []
-        for k, group in enumerate(groups):
-            if group:
-                chosen = [group[j] for j in linspace_indices(len(group), self.max_frames)]
-                kept.extend(chosen)
-                self.windows.append(Window(duration * k / count, duration * (k + 1) / count, len(chosen)))
+        seconds = [float(t) for t in times]
+        duration = seconds[-1] + self.period
+        spans = self.spans(duration)
+        if self.stride is None:  # consecutive windows: each frame in exactly one
+            groups: list[list[int]] = [[] for _ in spans]
+            for i, time in enumerate(seconds):
+                groups[min(len(spans) - 1, int(time * len(spans) / duration))].append(i)
+        else:  # the frames are in presentation order: each window is a slice
+            groups = [list(range(bisect.bisect_left(seconds, a), bisect.bisect_left(seconds, b))) for a, b in spans]
+        chosen = [[group[j] for j in linspace_indices(len(group), self.max_frames)] for group in groups]
+        kept = sorted({i for picks in chosen for i in picks})
+        position = {index: p for p, index in enumerate(kept)}
+        pairs = zip(spans, chosen, strict=True)
+        self.windows = [Window(a, b, tuple(position[i] for i in picks)) for (a, b), picks in pairs if picks]
         return kept
 
 

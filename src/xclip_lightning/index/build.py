@@ -31,6 +31,7 @@ def build_index(
     progress: bool = True,
     flush_every: int = FLUSH_EVERY,
     window: float | None = DEFAULT_WINDOW,
+    stride: float | None = None,
     device: str = "auto",
     approximate: str = "auto",
     half: bool = False,
@@ -44,6 +45,10 @@ def build_index(
         raise ValueError(f"approximate must be one of {APPROXIMATE_MODES}, got {approximate!r}")
     if window is not None and not window > 0:
         raise ValueError(f"window must be a positive number of seconds, or None for one moment per file, got {window}")
+    if stride is not None and not (window is not None and stride > 0):
+        raise ValueError(f"stride must be a positive number of seconds, with a window, got {stride}")
+    if stride is not None and stride >= window:
+        stride = None  # windows that do not overlap: the consecutive split
     out, videos = Path(out), Path(videos)
     check_destination(videos, out)
     reference = model_reference(model) if not isinstance(model, XCLIP) else None
@@ -55,7 +60,7 @@ def build_index(
     settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
     update = Update(
         out, videos.resolve(), model_fingerprint(model), settings, window, "float16" if half else "float32",
-        reference, approximate, batch_size, workers, flush_every, prune,
+        reference, approximate, batch_size, workers, flush_every, prune, stride,
     )  # fmt: skip
     if devices > 1 or num_nodes > 1:
         from xclip_lightning.index.distributed import build_distributed

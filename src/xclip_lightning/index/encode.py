@@ -58,15 +58,17 @@ class Decode(Dataset):
     """Decodes one video per item in DataLoader workers: its moments' frames (``WindowSelector``) and one thumbnail
     strip per moment; a failure becomes a reason, never a zero sample."""
 
-    def __init__(self, paths: Sequence[Path], settings: SamplerSettings, window: float | None) -> None:
-        self.paths, self.settings, self.window = list(paths), settings, window
+    def __init__(
+        self, paths: Sequence[Path], settings: SamplerSettings, window: float | None, stride: float | None = None
+    ) -> None:
+        self.paths, self.settings, self.window, self.stride = list(paths), settings, window, stride
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> dict:
         path, s = self.paths[i], self.settings
-        windows = WindowSelector(self.window or math.inf, s.fps, s.max_frames)
+        windows = WindowSelector(self.window or math.inf, s.fps, s.max_frames, self.stride)
         try:
             sampled = sample_frames(
                 path, s.fps, s.max_frames, s.mode, transform=resize_crop(s.image_size), select=windows
@@ -74,8 +76,7 @@ class Decode(Dataset):
         except Exception as err:  # reported by path with its reason; the run goes on
             return {"index": i, "error": f"{type(err).__name__}: {err}"}
         thumbs = resize(sampled.frames, [THUMB_HEIGHT, THUMB_HEIGHT], antialias=True)  # [T,3,h,h]
-        counts = [w.count for w in windows.windows]
-        strips = [torch.cat(list(moment), dim=2) for moment in thumbs.split(counts)]  # [3,h,count*h] each
+        strips = [torch.cat(list(thumbs[list(w.positions)]), dim=2) for w in windows.windows]  # [3,h,count*h] each
         return {
             "index": i,
             "frames": sampled.frames,
@@ -113,10 +114,10 @@ class _Video:
 
     def __init__(self, path: Path, item: dict) -> None:
         self.path, self.item = path, item
-        counts = [w.count for w in item["windows"]]
-        self.frames = item["frames"].split(counts)  # [count,3,S,S] per moment
-        self.timestamps = item["timestamps"].split(counts)
-        self.rows: list[dict[str, Tensor] | None] = [None] * len(counts)
+        positions = [list(w.positions) for w in item["windows"]]
+        self.frames = [item["frames"][p] for p in positions]  # [count,3,S,S] per moment
+        self.timestamps = [item["timestamps"][p] for p in positions]
+        self.rows: list[dict[str, Tensor] | None] = [None] * len(positions)
 
     def moments(self, writer: RowBuffer) -> list[Row]:
         """(entry, feature row) of every moment; writes the thumbnails (recorded with the writer first)."""
@@ -185,7 +186,7 @@ class Encoder:
 def loader(todo: list[Path], update: Update, pin: bool) -> DataLoader:
     """Decoding workers, one video per item, prefetching while the model encodes."""
     return DataLoader(
-        Decode(todo, update.settings, update.window),
+        Decode(todo, update.settings, update.window, update.stride),
         batch_size=None,
         num_workers=update.workers,
         worker_init_fn=worker_init,

@@ -71,6 +71,7 @@ class Update:
     workers: int
     flush_every: int
     prune: bool = False  # drop the videos whose files are gone even when they are most of the index
+    stride: float | None = None  # seconds between the starts of overlapping moments; None: consecutive moments
 
     def meta(self) -> dict[str, Any]:
         """What the index records of this update's settings."""
@@ -79,6 +80,7 @@ class Update:
             "videos": str(self.videos),
             "sampler": asdict(self.settings),
             "window": self.window,
+            "stride": self.stride,
             "feature_dtype": self.dtype,
         }
         return {**meta, "model": self.model} if self.model else meta
@@ -104,6 +106,13 @@ class Update:
             raise VideoIndexError(
                 f"{out} was built with --window {meta.get('window') or 0:g}, not {self.window or 0:g}: pass --window "
                 f"{meta.get('window') or 0:g}, or choose another --out"
+            )
+        if meta.get("stride") != self.stride:
+            built, asked = meta.get("stride"), self.stride
+            raise VideoIndexError(
+                f"{out} was built {f'with --stride {built:g}' if built else 'without --stride'}, not "
+                f"{f'with --stride {asked:g}' if asked else 'without'}: "
+                f"{f'pass --stride {built:g}' if built else 'leave --stride out'}, or choose another --out"
             )
         if meta.get("feature_dtype") != self.dtype:
             raise VideoIndexError(

@@ -143,7 +143,8 @@ class VideoIndex:
         """Index every video under ``videos`` (recursively) into ``out``; an existing index there is updated:
         only new or changed files are encoded, files that disappeared are dropped. Another build into ``out`` at the
         same time is refused. Options (``build.build_index``): ``fps``, ``batch_size``, ``workers``, ``progress``,
-        ``flush_every``; ``window``: seconds per moment of a long video (None: one moment per file); ``device``:
+        ``flush_every``; ``window``: seconds per moment of a long video (None: one moment per file); ``stride``:
+        seconds between the starts of overlapping moments (None: consecutive moments); ``device``:
         "auto" (a GPU when there is one), "cpu", "cuda:1"... (fp16 autocast on a GPU, fp32 rows stored, fp16 with
         ``half``); ``approximate``: "auto" (an IVF first stage from ``ann.ANN_MIN_ROWS`` moments, when faiss is
         installed), "on", "off"; ``devices`` / ``num_nodes`` > 1: one process per device through Lightning
