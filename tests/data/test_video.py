@@ -249,8 +249,9 @@ def test_truncated_file_decodes_what_it_can(tmp_path):
 
 def assert_same(planned, sequential):
     assert planned is not None, "the fast path fell back"
-    assert [t for t, _ in planned] == [t for t, _ in sequential]
-    for (_, a), (_, b) in zip(planned, sequential, strict=True):
+    assert planned.late_start == sequential.late_start
+    assert [t for t, _ in planned.frames] == [t for t, _ in sequential.frames]
+    for (_, a), (_, b) in zip(planned.frames, sequential.frames, strict=True):
         assert torch.equal(a, b)
 
 
@@ -291,10 +292,10 @@ def test_windows_of_moments_are_exact_on_both_paths(videos, name):
     assert planned_windows.windows == sequential_windows.windows and len(planned_windows.windows) > 1
     first = 0
     for window in planned_windows.windows:
-        times = [float(t) for t, _ in planned[first : first + window.count]]
+        times = [float(t) for t, _ in planned.frames[first : first + window.count]]
         assert 1 <= window.count <= 4 and all(window.start <= t < window.end for t in times)
         first += window.count
-    assert first == len(planned)
+    assert first == len(planned.frames)
 
 
 @pytest.mark.parametrize(
@@ -387,7 +388,7 @@ def test_a_stream_copied_open_gop_cut_falls_back_and_decodes(tmp_path, container
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         sampled = sample_frames(cut, fps=30, max_frames=1000)
-        expected = video._sequential(cut, 30, 1000, "timestamp", None)
+        expected = video._sequential(cut, 30, 1000, "timestamp", None).frames
     assert len(sampled.timestamps) == len(expected) > 50
     assert all(torch.equal(a, b) for a, (_, b) in zip(sampled.frames, expected, strict=True))
 

@@ -237,7 +237,10 @@ def test_real_videos_become_consecutive_moments_of_the_frames_the_sampler_gives(
     for path, moments in by_video.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            every = sample_frames(path, 1.0, max_frames=10**6).timestamps.tolist()  # every 1-fps frame
+            sampled = sample_frames(path, 1.0, max_frames=10**6)
+        every, late = sampled.timestamps.tolist(), sampled.late_start  # every 1-fps frame; the player's offset
+        if path.endswith("no-initial-keyframe.ts"):
+            assert late > 2  # its first decodable picture comes 2.1 s after the stream starts
         duration = every[-1] + 1.0
         count = max(1, round(duration / 2.0))
         edges = [duration * k / count for k in range(count + 1)]
@@ -251,5 +254,47 @@ def test_real_videos_become_consecutive_moments_of_the_frames_the_sampler_gives(
         got = [(e.start, e.end, e.timestamps) for e in moments]
         assert len(got) == len(expected), path
         for (start, end, times), (want_start, want_end, want_times) in zip(got, expected, strict=True):
-            assert start == pytest.approx(want_start, abs=1e-3) and end == pytest.approx(want_end, abs=1e-3)
-            assert times == pytest.approx(want_times, abs=1e-9), path
+            assert start == pytest.approx(late + want_start, abs=1e-3) and end == pytest.approx(
+                late + want_end, abs=1e-3
+            )
+            assert times == pytest.approx([late + t for t in want_times], abs=1e-9), path
+
+
+def write_late_video(path: Path) -> Path:
+    """An MP4 whose sound starts at 0 and whose picture starts about 1.5 s later, as captures often do."""
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as out:
+        audio = out.add_stream("aac", rate=48000)
+        audio.layout = "mono"
+        video = out.add_stream("libx264", rate=5)
+        video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+        for start in range(0, 48000 * 8, 1024):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), dtype=np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, start, Fraction(1, 48000)
+            out.mux(audio.encode(frame))
+        out.mux(audio.encode(None))
+        for i in range(30):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 8, dtype=np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 15 + 2 * i, Fraction(1, 10)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+def test_moment_times_count_from_the_presentation_start(tiny_clip_dir, tmp_path):
+    """A player puts time 0 at the file's presentation start, not at its first picture: the index does too."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    late = write_late_video(videos / "late.mp4")
+    with av.open(str(late)) as container:  # the file's own account, independently of the sampler
+        stream = container.streams.video[0]
+        offset = float(stream.start_time * stream.time_base) - container.start_time / av.time_base
+    assert offset > 1.0
+    torch.manual_seed(0)
+    XCLIP.from_clip(tiny_clip_dir, max_words=32, max_frames=3).save_pretrained(tmp_path / "model")
+    index = VideoIndex.build(tmp_path / "model", videos, tmp_path / "index", workers=0, progress=False, window=2.0)
+    moments = sorted(index.entries, key=lambda e: e.moment)
+    assert moments[0].start == pytest.approx(offset, abs=1e-3)
+    assert moments[0].timestamps[0] == pytest.approx(offset, abs=1e-6)  # the first picture, where a player shows it
+    assert all(e.start <= t < e.end for e in moments for t in e.timestamps)

@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import av
 import numpy as np
@@ -54,10 +54,40 @@ class VideoDecodeError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class SampledFrames:
-    """frames: uint8 [T,3,H,W] RGB upright; timestamps: float64 [T] seconds from the first decodable frame."""
+    """frames: uint8 [T,3,H,W] RGB upright; timestamps: float64 [T] seconds from the first decodable frame;
+    late_start: seconds from the file's presentation start (a player's time 0) to that frame: a player shows the
+    frame of ``timestamps[i]`` at ``late_start + timestamps[i]`` (0 for most files)."""
 
     frames: Tensor
     timestamps: Tensor
+    late_start: float = 0.0
+
+
+class _Picked(NamedTuple):
+    """What a decoding path picked: (seconds from the first decodable frame, frame), and ``late_start``."""
+
+    frames: list[tuple[Fraction, Tensor]]
+    late_start: float
+
+
+def presentation_start(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Fraction | None:
+    """Where players put time 0, in seconds of the file's clock: the container's start (its earliest stream's), or
+    the video stream's when the container does not say; None when neither is known."""
+    if container.start_time is not None:
+        return Fraction(container.start_time, av.time_base)
+    if stream.start_time is not None:
+        return stream.start_time * stream.time_base
+    return None
+
+
+def _late_start(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, first: int | None
+) -> float:
+    """Seconds from the presentation start to the frame of pts ``first``; 0 when either is unknown."""
+    zero = presentation_start(container, stream)
+    if first is None or zero is None:
+        return 0.0
+    return max(0.0, float(first * stream.time_base - zero))
 
 
 def linspace_indices(count: int, max_frames: int) -> list[int]:
@@ -274,7 +304,7 @@ def _sequential(
     mode: SamplingMode,
     end_time: float | None,
     transform: FrameTransform | None = None,
-) -> list[tuple[Fraction, Tensor]]:
+) -> _Picked:
     """Decode every frame in order (per-packet error capture), convert the picked ones, then keep ``select``'s.
 
     A file with a corrupt packet is decoded a second time, converting every frame as it comes out (see
@@ -297,7 +327,8 @@ def _sequential(
                     picked.append((picker.seconds(pts), frame if isinstance(frame, Tensor) else convert(frame)))
                 elif picker.done:
                     break
-            return [picked[i] for i in select([time for time, _ in picked])]
+            late = _late_start(container, stream, picker.start)
+            return _Picked([picked[i] for i in select([time for time, _ in picked])], late)
         except _CorruptPacket:
             continue
         except av.error.FFmpegError as err:
@@ -414,7 +445,7 @@ def _planned(
     mode: SamplingMode,
     end_time: float | None,
     transform: FrameTransform | None = None,
-) -> list[tuple[Fraction, Tensor]] | None:
+) -> _Picked | None:
     """The fast exact path: demux once and pick the target frames from the packets' pts, then decode only the GOP
     segments that lead to a target (non-reference frames away from targets skipped), converting only the targets.
     The packets are kept between the two steps up to ``PACKET_BUDGET``; a longer file is demuxed a second time, so
@@ -441,7 +472,7 @@ def _planned(
         got = _decode_segments(stream.codec_context, iter(packets), pts, targets, needed, transform)
         if len(got) != len(targets):
             return None
-        return [(picker.seconds(t), got[t]) for t in sorted(got)]
+        return _Picked([(picker.seconds(t), got[t]) for t in sorted(got)], _late_start(container, stream, picker.start))
     except (av.error.FFmpegError, _UntrustedPlan):
         return None  # a corrupt packet or unreliable pts: the sequential path decodes around it and reports it
     finally:
@@ -484,8 +515,8 @@ def sample_frames(
         picked = None
     if picked is None:
         picked = _sequential(path, fps, select, mode, end_time, transform)
-    if not picked:
+    if not picked.frames:
         raise VideoDecodeError(path, "no frame could be decoded")
-    frames = torch.stack([frame for _, frame in picked])
-    timestamps = torch.tensor([float(time) for time, _ in picked], dtype=torch.float64)
-    return SampledFrames(frames, timestamps)
+    frames = torch.stack([frame for _, frame in picked.frames])
+    timestamps = torch.tensor([float(time) for time, _ in picked.frames], dtype=torch.float64)
+    return SampledFrames(frames, timestamps, picked.late_start)

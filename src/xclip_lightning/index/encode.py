@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from xclip_lightning.data.dataset import pad_frames, worker_init
 from xclip_lightning.data.frame_cache import SamplerSettings
-from xclip_lightning.data.video import WindowSelector, sample_frames
+from xclip_lightning.data.video import Window, WindowSelector, sample_frames
 from xclip_lightning.index.plan import Update
 from xclip_lightning.index.records import IndexEntry, entry_id
 from xclip_lightning.index.store import THUMBS, VideoIndexError
@@ -77,11 +77,12 @@ class Decode(Dataset):
             return {"index": i, "error": f"{type(err).__name__}: {err}"}
         thumbs = resize(sampled.frames, [THUMB_HEIGHT, THUMB_HEIGHT], antialias=True)  # [T,3,h,h]
         strips = [torch.cat(list(thumbs[list(w.positions)]), dim=2) for w in windows.windows]  # [3,h,count*h] each
+        late = sampled.late_start  # moments are timed on the player's clock, from the file's presentation start
         return {
             "index": i,
             "frames": sampled.frames,
-            "timestamps": sampled.timestamps,
-            "windows": windows.windows,
+            "timestamps": sampled.timestamps + late,
+            "windows": [Window(w.start + late, w.end + late, w.positions) for w in windows.windows],
             "duration": _duration(path),
             "jpegs": [_jpeg(strip) for strip in strips],
         }

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import av
 
+from xclip_lightning.data.video import presentation_start
+
 PLAYABLE = {  # PyAV's container name -> the video codecs Chromium plays in it
     "mov,mp4,m4a,3gp,3g2,mj2": {"h264", "vp9", "av1"},
     "webm": {"vp8", "vp9", "av1"},
@@ -59,14 +61,15 @@ def playback(path: str) -> Playback:
 
 
 def transcode_moment(path: str, start: float, end: float, height: int = CLIP_HEIGHT) -> bytes:
-    """The frames of ``path`` from ``start`` to ``end`` (seconds on the player's clock: from the first frame's
-    presentation time) as an MP4 / H.264 file whose time 0 is ``start``."""
+    """The frames of ``path`` from ``start`` to ``end`` (seconds on the player's clock: from the file's presentation
+    start, as the index times moments) as an MP4 / H.264 file whose time 0 is ``start``."""
     with av.open(path, metadata_errors="ignore") as source, tempfile.TemporaryDirectory() as folder:
         if not source.streams.video:
             raise MediaError(f"{path}: no video stream")
         stream = source.streams.video[0]
         stream.thread_type = "AUTO"
-        origin = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        zero = presentation_start(source, stream)
+        origin = float(zero) if zero is not None else 0.0  # the index times moments from the presentation start
         if start > 0:
             try:
                 source.seek(int((start + origin) / stream.time_base), stream=stream, backward=True)
