@@ -59,7 +59,12 @@ HELP_CACHE_DISTRIBUTIONS = ("lightning", "jsonargparse", "torch", "transformers"
 
 
 def usage() -> str:
-    width = max(map(len, COMMANDS))
+    options = {
+        "--debug": f"show the traceback of an error (or {DEBUG_VARIABLE}=1)",
+        "--version": "print the version",
+        "-h, --help": "show this help",
+    }
+    width = max(map(len, [*COMMANDS, *options]))
     lines = [
         f"usage: {PROG} COMMAND [options]   ({PROG} COMMAND --help for the options of one)",
         "",
@@ -69,9 +74,7 @@ def usage() -> str:
         *(f"  {name:<{width}}  {line}" for name, line in COMMANDS.items()),
         "",
         "options:",
-        f"  {'--debug':<{width}}  show the traceback of an error (or {DEBUG_VARIABLE}=1)",
-        f"  {'--version':<{width}}  print the version",
-        f"  {'-h, --help':<{width}}  show this help",
+        *(f"  {name:<{width}}  {line}" for name, line in options.items()),
     ]
     return "\n".join(lines)
 
