@@ -158,6 +158,12 @@ def clip_from_checkpoint(path: str | Path | None) -> Iterator[None]:
         _CLIP_SPEC.reset(token)
 
 
+def _log_name(key: str) -> str:
+    """``t2v/R1`` -> ``t2v_R1``; ``t2v_dsl/R1`` -> ``t2v_R1_dsl`` (a re-ranked number keeps its plain name's prefix)."""
+    group, name = key.split("/")
+    return f"{group.removesuffix('_dsl')}_{name}_dsl" if group.endswith("_dsl") else f"{group}_{name}"
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = WARMUP_FRACTION) -> float:
     """Official ``warmup_cosine``: p / warmup while p < warmup, then 0.5 (1 + cos(pi p)), p = step / total.
 
@@ -186,6 +192,9 @@ class XCLIPRetrieval(L.LightningModule):
         freeze_clip_embeddings: freeze CLIP's token / position / patch embeddings and ln_pre (official).
         max_grad_norm: global gradient-norm clipping (official 1.0); None turns it off.
         eval_block_elements: memory bound of one block of the full evaluation matrix.
+        eval_dsl: also log the metrics after dual-softmax re-ranking (an inference trick many peers' tables include,
+            not the official X-CLIP numbers) under their own names, ``val/t2v_R1_dsl`` ...; the plain metrics are
+            unchanged.
         optimizer: ``adamw`` (torch's, bias-corrected) or ``bertadam`` (the official one: no bias correction).
         grad_cache_chunk: gradient caching: encode the batch in chunks of this many pairs without a graph, take the
             loss over the whole (global) batch, then re-encode chunk by chunk and back-propagate the cached feature
@@ -221,6 +230,7 @@ class XCLIPRetrieval(L.LightningModule):
         freeze_clip_embeddings: bool = True,
         max_grad_norm: float | None = MAX_GRAD_NORM,
         eval_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+        eval_dsl: bool = False,
         optimizer: Literal["adamw", "bertadam"] = "adamw",
         grad_cache_chunk: int | None = None,
         gradient_checkpointing: bool = False,
@@ -502,13 +512,14 @@ class XCLIPRetrieval(L.LightningModule):
         column = torch.searchsorted(kept_video_index, pairs["video_index"][text_kept])
         captions_per_video = torch.bincount(column, minlength=len(kept_video_index))
         single = bool((captions_per_video == 1).all())
-        metric = RetrievalMetrics(None if single else captions_per_video.tolist()).to(self.device)
+        dsl = bool(self.hparams.get("eval_dsl", False))  # checkpoints of 0.1.0 do not have it
+        metric = RetrievalMetrics(None if single else captions_per_video.tolist(), dsl=dsl).to(self.device)
         for part in texts:  # each rank scores its own captions against every kept video
             keep = torch.isin(part["text_index"], kept_text_index)
             text = TextFeatures(part["sentence"][keep], part["words"][keep], part["word_mask"][keep])
             rows = self.model.score_matrix(text, video_features, self.hparams.eval_block_elements)
             metric.update(rows, torch.searchsorted(kept_text_index, part["text_index"][keep]))
-        result = {f"{stage}/{k.replace('/', '_')}": v.item() for k, v in metric.compute().items()}
+        result = {f"{stage}/{_log_name(k)}": v.item() for k, v in metric.compute().items()}
         self.log_dict(result, sync_dist=False)
         return result
 
