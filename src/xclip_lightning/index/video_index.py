@@ -183,6 +183,10 @@ class VideoIndex:
             )
         return cls(model, store)
 
+    def refresh(self) -> None:
+        """Follow the version a writer published since (every query does this first)."""
+        self._refresh()
+
     def _refresh(self) -> None:
         """Follow the published version: a writer may have published since the last query."""
         version = self.store.version()

@@ -76,7 +76,7 @@ class Library:
 
     def health(self) -> dict[str, Any]:
         with self.lock:
-            self.index.moment("")  # follows a newly published version
+            self.index.refresh()  # follows a newly published version
             return {"status": "ok", "entries": self.index.store.count(), "index_version": self.index.store.version()}
 
     def search(self, query: str, k: int, per_video: int | None) -> list[SearchHit]:
