@@ -136,6 +136,12 @@ def test_an_official_checkpoint_converts_to_an_xclip_folder_with_the_same_logits
     torch.save(official, tmp_path / "pytorch_model.bin.4")
     folder = convert_official(tmp_path / "pytorch_model.bin.4", tmp_path / "converted", tokenizer=tiny_clip_dir)
     model = XCLIP.from_pretrained(folder).eval()
+    card = (folder / "README.md").read_text()  # a model card in the Hub's layout, saying where it came from
+    assert (
+        card.startswith("---\nlicense: mit\n")
+        and "converted from the official checkpoint `pytorch_model.bin.4`" in card
+    )
+    assert f"patch {PATCH}, width {VISION}" in card and "No metrics were recorded" in card
     assert (model.head.max_words, model.head.max_frames, model.head.temporal_layers) == (16, 3, 2)
     ids, word_mask, frames, frame_mask = inputs()
     half = {k: v.half().float() for k, v in state.items()}  # what the fp16 checkpoint holds

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedTokenizerBase
 
+from xclip_lightning.card import model_card, write_card
 from xclip_lightning.errors import UserError
 from xclip_lightning.model.encoders import CLIPEncoders
 from xclip_lightning.model.head import DEFAULT_CLIP, XCLIPHead
@@ -286,8 +287,8 @@ def convert_openai_clip(path: str | Path, out: str | Path, tokenizer: str = DEFA
     return Path(out)
 
 
-def convert_official(path: str | Path, out: str | Path, tokenizer: str = DEFAULT_CLIP) -> Path:
-    """(b): an official X-CLIP / CLIP4Clip checkpoint -> an ``XCLIP`` folder."""
+def convert_official(path: str | Path, out: str | Path, tokenizer: str = DEFAULT_CLIP, license: str = "mit") -> Path:
+    """(b): an official X-CLIP / CLIP4Clip checkpoint -> an ``XCLIP`` folder, with its model card."""
     state = read_state_dict(path)
     clip_state = {k.removeprefix("clip."): v for k, v in state.items() if k.startswith("clip.")}
     head_state = {k: v for k, v in state.items() if not k.startswith("clip.") and not k.startswith("loss_fct")}
@@ -299,5 +300,13 @@ def convert_official(path: str | Path, out: str | Path, tokenizer: str = DEFAULT
     layers = _layers(head_state, "transformerClip.resblocks.")
     head = XCLIPHead(clip_state["text_projection"].shape[1], words, frames, temporal_layers=layers)
     head.load_state_dict({k: v.float() for k, v in head_state.items()}, strict=True)
-    model = XCLIP(CLIPEncoders(clip_from_openai(clip_state)), head, text_tokens)
-    return model.save_pretrained(out)
+    clip = clip_from_openai(clip_state)
+    folder = XCLIP(CLIPEncoders(clip), head, text_tokens).save_pretrained(out)
+    vision = clip.config.vision_config
+    base = f"OpenAI CLIP ViT (patch {vision.patch_size}, width {vision.hidden_size}), the weights in the checkpoint"
+    source = (
+        f"converted from the official checkpoint `{Path(path).name}` (xuguohai/X-CLIP or CLIP4Clip) by "
+        f"`xclip-lightning convert --official`"
+    )
+    write_card(folder, model_card(f"X-CLIP: {Path(out).name}", source, base, head.config(), license=license))
+    return folder

@@ -98,12 +98,26 @@ def export(argv: Sequence[str]) -> None:
         help="a checkpoint written by xclip-lightning fit",
     )
     parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--license", default="mit", help="the licence field of the model card (README.md)")
     args = parser.parse_args(argv)
     check_checkpoint_file(args.ckpt_path)
-    from xclip_lightning.lightning_module import XCLIPRetrieval
+    from xclip_lightning.card import model_card, run_metrics, write_card
+    from xclip_lightning.lightning_module import XCLIPRetrieval, read_checkpoint
 
     module = XCLIPRetrieval.load_from_checkpoint(args.ckpt_path, map_location="cpu")
     folder = module.model.save_pretrained(args.out)
+    checkpoint = read_checkpoint(args.ckpt_path)  # verified once already: not hashed again
+    card = model_card(
+        f"X-CLIP: {Path(args.out).name}",
+        f"`xclip-lightning fit` checkpoint `{args.ckpt_path}` (epoch {checkpoint.get('epoch')}, step "
+        f"{checkpoint.get('global_step')})",
+        checkpoint.get("hyper_parameters", {}).get("clip_name_or_path"),
+        module.model.head.config(),
+        checkpoint.get("datamodule_hyper_parameters"),
+        run_metrics(args.ckpt_path, checkpoint),
+        args.license,
+    )
+    write_card(folder, card)
     print(f"exported {args.ckpt_path} to {folder} (load it with XCLIP.from_pretrained('{folder}'))")
 
 
@@ -293,6 +307,7 @@ def convert(argv: Sequence[str]) -> None:
     source.add_argument("--official", help="an official checkpoint (pytorch_model.bin.N): -> XCLIP.from_pretrained")
     source.add_argument("--openai-clip", help="an OpenAI CLIP state dict: -> a CLIP folder for clip_name_or_path")
     parser.add_argument("--out", required=True, help="folder to write")
+    parser.add_argument("--license", default="mit", help="the licence field of the model card of --official")
     parser.add_argument(
         "--tokenizer",
         default=None,
@@ -305,7 +320,7 @@ def convert(argv: Sequence[str]) -> None:
 
     tokenizer = args.tokenizer or DEFAULT_CLIP
     if args.official:
-        folder = conversions.convert_official(args.official, args.out, tokenizer)
+        folder = conversions.convert_official(args.official, args.out, tokenizer, args.license)
         print(f"converted {terminal_safe(args.official)} to {terminal_safe(folder)} (XCLIP.from_pretrained)")
     else:
         folder = conversions.convert_openai_clip(args.openai_clip, args.out, tokenizer)
