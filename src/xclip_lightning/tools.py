@@ -376,8 +376,7 @@ def serve(argv: Sequence[str]) -> None:
         listener.close()
         raise UserError(f"cannot listen on {args.host}:{args.port} ({err.strerror}): choose another --port") from None
     found = VideoIndex.load(args.index, model=args.model)
-    found.search(["warming up"], k=1, candidates=args.candidates or None)  # the first stage is loaded before ready
-    app = create_app(found, token=args.token, candidates=args.candidates or None)
+    app = create_app(found, token=args.token, candidates=args.candidates or None)  # warmed up: ready to answer
     host, port = listener.getsockname()[:2]
     url = f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{port}/"
 
