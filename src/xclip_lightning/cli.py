@@ -130,10 +130,9 @@ def run(argv: list[str]) -> None:
 
 def _check_checkpoint_argument(argv: Sequence[str]) -> None:
     """A ``--ckpt_path`` that names no file fails before Lightning is imported (Lightning's own names pass)."""
-    for i, arg in enumerate(argv):
-        value = arg.partition("=")[2] if arg.startswith("--ckpt_path=") else None
-        if arg == "--ckpt_path" and i + 1 < len(argv):
-            value = argv[i + 1]
+    from xclip_lightning.packaged import option_values
+
+    for _, value, _ in option_values(argv, "--ckpt_path"):
         if value and value != "null" and not is_lightning_alias(value):
             check_checkpoint_file(value)
 

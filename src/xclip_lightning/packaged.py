@@ -4,7 +4,7 @@ from any directory. Imports nothing heavy: every command line passes through it.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from xclip_lightning.errors import UsageError
@@ -27,19 +27,22 @@ def names() -> list[str]:
     return sorted(str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml"))
 
 
+def option_values(argv: Sequence[str], name: str) -> Iterator[tuple[int, str, str]]:
+    """Each value the command line ``argv`` gives the option ``name`` (``--config``), as ``--config X`` or
+    ``--config=X``: (its position in ``argv``, the value, what precedes it in that argument)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith(f"{name}="):
+            yield i, arg.removeprefix(f"{name}="), f"{name}="
+        elif arg == name and i + 1 < len(argv):
+            yield i + 1, argv[i + 1], ""
+
+
 def resolve_configs(argv: Sequence[str]) -> list[str]:
     """``--config NAME`` of a packaged config becomes its path; a file is always taken as it is (a folder of the
     same name in the current directory is not a config) if it can be read as text; anything else is
     ``UnknownConfig``, naming close names."""
     out = list(argv)
-    for i, arg in enumerate(out):
-        value, prefix = None, ""
-        if arg.startswith("--config="):
-            value, prefix = arg.removeprefix("--config="), "--config="
-        elif arg == "--config" and i + 1 < len(out):
-            value, i = out[i + 1], i + 1
-        if value is None:
-            continue
+    for i, value, prefix in option_values(argv, "--config"):
         if Path(value).is_file():
             _check_readable(value)
             continue

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from xclip_lightning.index.defaults import DEFAULT_CANDIDATES
@@ -243,13 +243,17 @@ def create_app(index: VideoIndex, token: str | None = None, candidates: int | No
     return app
 
 
+def _unsatisfiable(err: ValueError, size: int) -> JSONResponse:
+    return JSONResponse({"error": str(err)}, status_code=416, headers={"Content-Range": f"bytes */{size}"})
+
+
 def _file(path: str, media_type: str, range_header: str | None) -> Response:
     """A file from disk, with one byte range when asked (206), streamed."""
     size = os.path.getsize(path)
     try:
         span = byte_range(range_header, size)
     except ValueError as err:
-        return JSONResponse({"error": str(err)}, status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        return _unsatisfiable(err, size)
     if span is None:
         return FileResponse(path, media_type=media_type, headers={"Accept-Ranges": "bytes"})
     first, last = span
@@ -265,8 +269,6 @@ def _file(path: str, media_type: str, range_header: str | None) -> Response:
                 left -= len(data)
                 yield data
 
-    from fastapi.responses import StreamingResponse
-
     headers = {"Content-Range": f"bytes {first}-{last}/{size}", "Accept-Ranges": "bytes",
                "Content-Length": str(last - first + 1)}  # fmt: skip
     return StreamingResponse(chunks(), status_code=206, media_type=media_type, headers=headers)
@@ -276,7 +278,7 @@ def _bytes(data: bytes, media_type: str, range_header: str | None) -> Response:
     try:
         span = byte_range(range_header, len(data))
     except ValueError as err:
-        return JSONResponse({"error": str(err)}, status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
+        return _unsatisfiable(err, len(data))
     if span is None:
         return Response(data, media_type=media_type, headers={"Accept-Ranges": "bytes"})
     first, last = span
