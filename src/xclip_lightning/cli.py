@@ -42,8 +42,9 @@ from xclip_lightning.errors import (
 
 PROG = "xclip-lightning"
 LIGHTNING = ("fit", "validate", "test", "predict")
-TOOLS = ("export", "convert", "index", "search", "serve", "demo")
+TOOLS = ("check-data", "export", "convert", "index", "search", "serve", "demo")
 COMMANDS = {
+    "check-data": "check a dataset before fit / test: counts, missing and undecodable videos, cache, batch",
     "fit": "train a model: --config FILE or a packaged name (msrvtt/vitb32, didemo/vitb16, synthetic, ...)",
     "validate": "evaluate a model on the val split (--ckpt_path CKPT)",
     "test": "evaluate a model on the test split, the published protocol (--ckpt_path CKPT)",
@@ -118,7 +119,7 @@ def run(argv: list[str]) -> None:
     if command in TOOLS:
         from xclip_lightning import tools
 
-        getattr(tools, command)(rest)
+        getattr(tools, command.replace("-", "_"))(rest)
     elif rest in (["--help"], ["-h"]):
         print(lightning_help(command), end="")
     else:

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
+from jsonargparse import Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
@@ -18,7 +19,7 @@ from xclip_lightning.errors import debugging, is_lightning_alias
 from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint, read_checkpoint
 from xclip_lightning.packaged import CONFIGS
 
-__all__ = ["CONFIGS", "MONITOR", "XCLIPCLI", "run_cli", "trainer_defaults"]
+__all__ = ["CONFIGS", "MONITOR", "XCLIPCLI", "fit_config", "run_cli", "trainer_defaults"]
 
 MONITOR = "val/t2v_R1"  # official model selection: the best text->video R@1 on the val split
 
@@ -96,6 +97,32 @@ def _command_line(argv: Sequence[str]) -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+class _ParseOnly(XCLIPCLI):
+    """Parses and checks; nothing is seeded or built: the configuration alone is wanted."""
+
+    def _set_seed(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def fit_config(argv: Sequence[str], prog: str) -> Namespace:
+    """The configuration ``fit`` would run with for ``argv`` (``--config``, ``--data.*``, ``--trainer.*``, ...),
+    parsed, linked and checked by the same parser, but with nothing instantiated (no model, no CLIP weights)."""
+    with _command_line(argv):
+        cli = _ParseOnly(
+            XCLIPRetrieval,
+            VideoTextDataModule,
+            seed_everything_default=42,
+            trainer_defaults=trainer_defaults(),
+            parser_class=OneLineErrors,
+            parser_kwargs={"prog": prog},
+            run=False,
+        )
+    return cli.config
 
 
 def run_cli(argv: Sequence[str], run: bool = True) -> XCLIPCLI:

@@ -87,6 +87,39 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def check_data(argv: Sequence[str]) -> None:
+    """Check a dataset before fit / test: per split, the videos and captions against the official counts, the
+    videos missing on disk or that cannot be decoded, durations; the frame cache to build; the global batch. Exit 0
+    only when fit and test have what they need."""
+    parser = _Parser(
+        prog="xclip-lightning check-data",
+        description=check_data.__doc__,
+        epilog="Every other option is fit's: --config FILE|NAME, --data.*, --model.*, --trainer.* "
+        "(xclip-lightning fit --help).",
+    )
+    parser.add_argument(
+        "--probe",
+        choices=("none", "header", "frames"),
+        default="header",
+        help="none: open no video; header: open each container and its video stream (fast); frames: decode the "
+        "frames fit samples (what the frame cache build does)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=None,
+        help="probing processes (default: --data.prepare_workers, else --data.num_workers)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of the report")
+    args, rest = parser.parse_known_args(argv)
+    from xclip_lightning.check_data import report_lines, run
+
+    report = run(rest, args.probe, args.workers, progress=not args.json)
+    print(json.dumps(report, indent=1) if args.json else "\n".join(map(terminal_safe, report_lines(report))))
+    if not report["ok"]:
+        raise SystemExit(1)
+
+
 def export(argv: Sequence[str]) -> None:
     """A Lightning checkpoint -> a folder loadable by ``XCLIP.from_pretrained`` (safetensors, configs, tokenizer)."""
     parser = _Parser(prog="xclip-lightning export", description=export.__doc__)

@@ -401,3 +401,59 @@ def test_a_frame_transform_is_applied_frame_by_frame_with_the_same_pixels(videos
     per_frame = sample_frames(path, max_frames=6, transform=resize_crop(32))
     assert per_frame.frames.shape == (6, 3, 32, 32)
     assert torch.equal(per_frame.frames, resize_crop(32)(whole.frames))
+
+
+def _mid_gop_segment(folder: Path, frames: int = 105, gop: int = 100, size: tuple[int, int] = (320, 240)) -> Path:
+    """A stream-copied MPEG-TS segment cut one packet after a keyframe, as a segmenter or ``ffmpeg -c copy -ss``
+    cuts it: its parameter sets (SPS/PPS) come only with the next keyframe, 99 packets (~23 MB of lossless noise,
+    beyond ffmpeg's 5 MB probe) later, so the decoder opens without them and rejects every packet before it."""
+    width, height = size
+    whole, cut = folder / "whole.ts", folder / "segment.ts"
+    rng = np.random.default_rng(0)
+    with av.open(str(whole), "w", format="mpegts") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = {"bf": "0", "sc_threshold": "0", "keyint_min": str(gop), "qp": "0"}
+        for _ in range(frames):
+            image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        out.mux(stream.encode())
+    with av.open(str(whole)) as source, av.open(str(cut), "w", format="mpegts") as out:
+        copied = out.add_stream_from_template(source.streams.video[0])
+        copied.codec_context.extradata = None  # a segment carries no global header
+        for n, packet in enumerate(source.demux(source.streams.video[0])):
+            if packet.size and n >= 1:
+                packet.stream = copied
+                out.mux(packet)
+    return cut
+
+
+def test_segment_cut_mid_gop_gives_every_frame_after_the_parameter_sets(tmp_path):
+    cut = _mid_gop_segment(tmp_path)
+    with av.open(str(cut)) as c:  # the situation: no extradata, and decoding the first packet raises
+        stream = c.streams.video[0]
+        assert not stream.codec_context.extradata
+        with pytest.raises(av.error.InvalidDataError):
+            next(c.demux(stream)).decode()
+    with pytest.warns(RuntimeWarning, match="99 packet"):
+        s = sample_frames(cut, fps=1000, max_frames=100)  # every frame
+    # what ffmpeg gives: the frames from the keyframe on, which are the frames 100..104 of the uncut encode
+    with av.open(str(tmp_path / "whole.ts")) as c:
+        expected = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)][100:]
+    assert s.frames.shape[0] == len(expected) == 5
+    for got, want in zip(s.frames, expected, strict=True):
+        assert torch.equal(got, torch.from_numpy(want).permute(2, 0, 1))
+    assert s.timestamps.tolist() == pytest.approx([0.0, 0.04, 0.08, 0.12, 0.16])
+    assert s.late_start == pytest.approx(99 / 25)  # 3.96 s after the presentation start (the first packet's pts)
+    with pytest.warns(RuntimeWarning, match="failed to decode"):
+        assert sample_frames(cut).frames.shape[0] == 1  # 1 fps over 0.2 s: one frame, not an error
+
+
+def test_header_duration_reads_headers_only(videos, tmp_path):
+    assert video.header_duration(videos / "moviepy_no_duration.webm") is None  # no duration anywhere
+    assert video.header_duration(videos / "torchcodec_nasa_13013.mp4") == pytest.approx(13.0, abs=0.01)  # stream's
+    assert video.header_duration(videos / "torchcodec_nasa_13013.mp4", end_time=5.0) == 5.0
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(VideoDecodeError, match="empty"):
+        video.header_duration(tmp_path / "empty.mp4")

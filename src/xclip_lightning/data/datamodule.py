@@ -126,14 +126,16 @@ class VideoTextDataModule(L.LightningDataModule):
 
     # ---- records and frames -------------------------------------------------------------------------------------
 
-    def records(self, split: Split) -> list[VideoRecord]:
-        """The records of one split, through the benchmark's reader and the missing-video policy."""
+    def records(self, split: Split, missing_videos: str | None = None) -> list[VideoRecord]:
+        """The records of one split, through the benchmark's reader and the missing-video policy (this module's,
+        unless ``missing_videos`` says otherwise: ``check-data`` keeps the missing ones to count them)."""
         kwargs = {
             "msrvtt": {"train_set": self.msrvtt_train_set},
             "didemo": {"lookup": self.didemo_lookup},
         }.get(self.benchmark, {})
         read = READERS[self.benchmark]
-        return read(self.annotations, self.videos, self.splits[split], missing_videos=self.missing_videos, **kwargs)
+        policy = missing_videos or self.missing_videos
+        return read(self.annotations, self.videos, self.splits[split], missing_videos=policy, **kwargs)
 
     def predict_records(self) -> list[VideoRecord]:
         folder = Path(self.predict_videos)

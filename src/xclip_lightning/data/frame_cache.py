@@ -130,9 +130,9 @@ def _remove_stale_temporaries(folder: Path) -> int:
     return removed
 
 
-def _worker_init(parent: int) -> None:
-    """Cache workers: one thread each, and exit as soon as the parent is gone (killed, or crashed): an orphaned
-    pool worker would otherwise wait on its task queue forever, holding its memory."""
+def pool_worker_init(parent: int) -> None:
+    """Cache (and check-data) workers: one thread each, and exit as soon as the parent is gone (killed, or
+    crashed): an orphaned pool worker would otherwise wait on its task queue forever, holding its memory."""
     torch.set_num_threads(1)
 
     def watch() -> None:
@@ -250,7 +250,7 @@ class FrameCache:
                     bar.update()
             else:  # fork is cheap; spawn once CUDA is up (a forked CUDA context is unusable)
                 context = multiprocessing.get_context("spawn" if torch.cuda.is_initialized() else None)
-                pool = context.Pool(workers, initializer=_worker_init, initargs=(os.getpid(),))
+                pool = context.Pool(workers, initializer=pool_worker_init, initargs=(os.getpid(),))
                 try:
                     for _ in pool.imap_unordered(build, todo):
                         bar.update()

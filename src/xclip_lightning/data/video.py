@@ -349,6 +349,24 @@ def _video_stream(container: av.container.InputContainer, path: str | os.PathLik
     return stream
 
 
+def header_duration(path: str | os.PathLike, end_time: float | None = None) -> float | None:
+    """Open a video and its video stream and read its duration from the headers (the stream's, else the
+    container's; None when neither has one), decoding nothing: ``check-data --probe header``. Raises as
+    ``sample_frames`` does for a missing file or one that is no video."""
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        else:
+            return None
+    finally:
+        container.close()
+    return duration if end_time is None else min(duration, end_time)
+
+
 def _demux_plan(
     container: av.container.InputContainer,
     stream: av.video.stream.VideoStream,

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from xclip_lightning.errors import UserError
 
 MissingPolicy = Literal["error", "skip"]
+KEEP_MISSING = "keep"  # not a user's policy: records whose video is missing stay, with video_path None (check-data)
 SPLITS = ("train", "val", "test")
 # Lower-case; DiDeMo alone has .mov .avi .mp4 .mpg .wmv .m4v .3gp .mts .3g2 (real-data-notes.md)
 VIDEO_EXTENSIONS = (
@@ -98,10 +99,19 @@ def read_csv_rows(
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise AnnotationError(path, f"missing column(s) {missing}; the header has {reader.fieldnames}", line=1)
+        start = reader.line_num + 1  # where the next row begins (a quoted field may run over several lines)
         for row in reader:
             if None in row or any(value is None for value in row.values()):
-                raise AnnotationError(path, f"expected {len(reader.fieldnames)} fields", line=reader.line_num)
-            yield reader.line_num, row
+                fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+                quoted = reader.line_num > start
+                raise AnnotationError(
+                    path,
+                    f"expected {len(reader.fieldnames)} fields, got {fields}"
+                    + (f' (a quote (") opened here runs to line {reader.line_num})' if quoted else ""),
+                    line=start,
+                )
+            yield start, row
+            start = reader.line_num + 1
     except csv.Error as err:  # e.g. a stray quote swallowing the rest of the file into one field
         raise AnnotationError(
             path, f'{err}: probably an unbalanced quote (") on this line or above', line=reader.line_num
@@ -148,6 +158,8 @@ def resolve_missing(records: Iterable[VideoRecord], policy: MissingPolicy, sourc
     """Apply the missing-video policy: ``error`` lists the count per split and the first ids; ``skip`` drops
     those records (and says so once)."""
     records = list(records)
+    if policy == KEEP_MISSING:
+        return records
     missing: dict[str, list[str]] = {}
     for r in records:
         if r.video_path is None:
