@@ -14,6 +14,7 @@ import torch
 
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.data.synthetic import make_synthetic_clip, make_synthetic_dataset
+from xclip_lightning.inputs.tokenize import tokenize
 from xclip_lightning.lightning_module import XCLIPRetrieval
 from xclip_lightning.metrics import retrieval_metrics
 
@@ -94,3 +95,69 @@ def test_dual_softmax_is_logged_apart_and_leaves_the_plain_metrics_alone(data):
     for direction in ("t2v", "v2t"):
         for name, value in expected[f"{direction}_dsl"].items():
             assert both[f"test/{direction}_{name}_dsl"] == pytest.approx(value, abs=1e-4), (direction, name)
+
+
+def test_distractor_videos_through_the_test_loop(data, tmp_path):
+    """More videos than texts: 10 of the 60 test videos lose their captions (``"captions": []``) and stay in the
+    gallery. Texts now rank 60 videos, videos still rank the 50 caption groups: the loop's numbers equal a
+    query-by-query computation on the directly encoded matrix, and video->text is that of the run without them."""
+    from test_metrics import slow_metrics
+
+    lines = [json.loads(line) for line in data[0].read_text().splitlines()]
+    distractors = [line for line in lines if line["split"] == "test"][-10:]
+    for line in distractors:
+        line["captions"] = []
+    with_them, without = tmp_path / "distractors.jsonl", tmp_path / "without.jsonl"
+    with_them.write_text("\n".join(json.dumps(line) for line in lines))
+    without.write_text("\n".join(json.dumps(line) for line in lines if line not in distractors))
+    plain, _, _ = evaluate(data, without)
+    metrics, module, dm = evaluate(data, with_them)
+    assert {k: v for k, v in metrics.items() if "v2t" in k} == {k: v for k, v in plain.items() if "v2t" in k}
+    dm.setup("test")
+    captions, videos = dm.test_dataloader()
+    with torch.no_grad():
+        text = [module.model.encode_text(b["input_ids"], b["word_mask"]) for b in captions]
+        video = [module.model.encode_video(b["frames"], b["frame_mask"]) for b in videos if b]
+        t, v = ([torch.cat(p) for p in zip(*parts, strict=True)] for parts in (text, video))
+        sim = module.model.score_matrix(type(text[0])(*t), type(video[0])(*v)).double().numpy()
+    assert sim.shape == (100, 60)
+    expected = slow_metrics(sim, [2] * 50 + [0] * 10)
+    for direction in ("t2v", "v2t"):
+        for name, value in expected[direction].items():
+            assert metrics[f"test/{direction}_{name}"] == pytest.approx(value, abs=1e-6), (direction, name)
+    assert metrics["test/t2v_MnR"] >= plain["test/t2v_MnR"]  # a larger gallery never helps the texts
+
+
+def test_a_training_video_needs_a_caption(data, tmp_path):
+    from xclip_lightning.data.benchmarks import READERS
+    from xclip_lightning.data.benchmarks.common import AnnotationError
+
+    lines = [json.loads(line) for line in data[0].read_text().splitlines()]
+    lines[0]["captions"] = []
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    with pytest.raises(AnnotationError, match=r"a\.jsonl:1: .*distractor video"):
+        READERS["generic"](tmp_path / "a.jsonl", data[0].parent, "train")
+
+
+def test_querybank_normalisation_is_logged_apart_with_a_bank_of_training_captions(data):
+    plain, _, _ = evaluate(data, data[0])
+    both, module, dm = evaluate(data, data[0], eval_qb_norm=True)
+    assert {k: v for k, v in both.items() if not k.endswith("_qb")} == plain
+    assert {k for k in both if k.endswith("_qb")} == {f"test/t2v_{n}_qb" for n in ("R1", "R5", "R10", "MdR", "MnR")}
+    train = [c for r in dm.records("train") for c in r.captions]
+    test = {c for r in dm.records("test") for c in r.captions}
+    assert len(module._bank_tokens.input_ids) == len(train) and not test & set(train)  # never the queries
+    dm.setup("test")
+    captions, videos = dm.test_dataloader()
+    with torch.no_grad():  # the whole matrix and the bank's rows, encoded and scored directly
+        text = [module.model.encode_text(b["input_ids"], b["word_mask"]) for b in captions]
+        video = [module.model.encode_video(b["frames"], b["frame_mask"]) for b in videos if b]
+        t, v = ([torch.cat(p) for p in zip(*parts, strict=True)] for parts in (text, video))
+        video_features = type(video[0])(*v)
+        sim = module.model.score_matrix(type(text[0])(*t), video_features)
+        ids, mask = tokenize(module.model.tokenizer, train, WORDS)
+        bank_text = module.model.encode_text(ids, mask)
+        bank = module.model.score_matrix(type(text[0])(bank_text.sentence, bank_text.words, mask), video_features)
+    expected = retrieval_metrics(sim, [2] * TEST_VIDEOS, querybank=bank)["t2v_qb"]
+    for name, value in expected.items():
+        assert both[f"test/t2v_{name}_qb"] == pytest.approx(value, abs=1e-4), name

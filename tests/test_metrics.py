@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from xclip_lightning.metrics import RetrievalMetrics, retrieval_metrics
+from xclip_lightning.metrics import RetrievalMetrics, querybank_normalise, retrieval_metrics
 
 NAMES = ["R1", "R5", "R10", "MdR", "MnR"]
 
@@ -82,6 +82,93 @@ def test_multi_caption_matches_the_official_path():
 def test_multi_caption_counts_are_checked():
     with pytest.raises(ValueError, match="captions_per_video"):
         retrieval_metrics(torch.zeros(5, 2), [2, 2])
+
+
+def slow_metrics(sim: np.ndarray, counts: list[int]) -> dict[str, dict[str, float]]:
+    """One query at a time, in plain Python, on scores without ties: each text ranks every video (distractors
+    included); each captioned video ranks the captioned videos' caption groups (a group scores its best caption)."""
+    video_of = [v for v, c in enumerate(counts) for _ in range(c)]
+    multi = max(counts) > 1
+
+    def summary(ranks: list[int], lower_median: bool) -> dict[str, float]:
+        ordered = sorted(ranks)
+        n = len(ordered)
+        median = ordered[(n - 1) // 2] if lower_median else (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+        out = {f"R{k}": 100 * sum(r < k for r in ranks) / n for k in (1, 5, 10)}
+        return {**out, "MdR": median + 1, "MnR": sum(ranks) / n + 1}
+
+    t2v = [sum(sim[t, v] > sim[t, video_of[t]] for v in range(sim.shape[1])) for t in range(sim.shape[0])]
+    captioned = [v for v, c in enumerate(counts) if c]
+    group = {v: [t for t in range(sim.shape[0]) if video_of[t] == v] for v in captioned}
+    v2t = []
+    for v in captioned:
+        score = {g: max(sim[t, v] for t in group[g]) for g in captioned}
+        v2t.append(sum(score[g] > score[v] for g in captioned))
+    return {"t2v": summary(t2v, lower_median=multi), "v2t": summary(v2t, lower_median=False)}
+
+
+@pytest.mark.parametrize("case", ["more videos than texts", "more texts than videos", "both, with distractors"])
+def test_non_square_matrices_against_a_query_by_query_computation(case):
+    rng = np.random.default_rng(len(case))
+    counts = {
+        "more videos than texts": [1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1, 1, 0, 0, 1],
+        "more texts than videos": [int(c) for c in rng.integers(1, 5, size=17)],
+        "both, with distractors": [int(c) for c in rng.integers(0, 4, size=23)],
+    }[case]
+    sim = rng.standard_normal((sum(counts), len(counts)))
+    sim[np.arange(sum(counts)), [v for v, c in enumerate(counts) for _ in range(c)]] += 1.5  # some signal
+    ours = retrieval_metrics(torch.tensor(sim), counts)
+    reference = slow_metrics(sim, counts)
+    for direction in ("t2v", "v2t"):
+        assert ours[direction] == pytest.approx(reference[direction]), direction
+    # the order of the videos (each keeping its captions) changes nothing
+    order = rng.permutation(len(counts))
+    rows = np.concatenate([np.flatnonzero(np.repeat(np.arange(len(counts)), counts) == v) for v in order])
+    shuffled = retrieval_metrics(torch.tensor(sim[rows][:, order]), [counts[v] for v in order])
+    for direction in ("t2v", "v2t"):
+        assert shuffled[direction] == pytest.approx(ours[direction])
+
+
+def test_distractors_only_make_text_to_video_harder():
+    sim = torch.zeros(5, 6)
+    sim[:, :5] = torch.eye(5)
+    sim[:, 5] = 0.5  # a distractor that outscores no ground truth
+    alone = retrieval_metrics(sim[:, :5].clone())
+    assert retrieval_metrics(sim, [1, 1, 1, 1, 1, 0]) == alone
+    sim[2, 5] = 2.0  # now it beats the ground truth of text 2
+    hurt = retrieval_metrics(sim, [1, 1, 1, 1, 1, 0])
+    assert hurt["t2v"]["R1"] == 80.0 and hurt["v2t"] == alone["v2t"]
+
+
+def test_querybank_normalisation_against_its_formula():
+    """Dynamic inverted softmax written out: exp(beta s) / sum over the bank of exp(beta bank), for the queries
+    whose best video is some bank query's best; the raw scores for the others."""
+    rng = np.random.default_rng(3)
+    sim, bank, beta = rng.standard_normal((40, 25)) * 3, rng.standard_normal((60, 25)) * 3, 0.7
+    activated = set(bank.argmax(1).tolist())
+    expected = np.array(
+        [
+            [np.exp(beta * s) / np.exp(beta * bank[:, j]).sum() for j, s in enumerate(row)]
+            if int(np.argmax(row)) in activated
+            else row
+            for row in sim
+        ]
+    )
+    ours = querybank_normalise(torch.tensor(sim), torch.tensor(bank), beta).numpy()
+    assert (np.argsort(-ours, axis=1) == np.argsort(-expected, axis=1)).all()  # the same ranking per query
+    assert any(int(np.argmax(r)) not in activated for r in sim) and any(int(np.argmax(r)) in activated for r in sim)
+
+
+def test_querybank_normalisation_demotes_a_hub_and_is_reported_apart():
+    torch.manual_seed(0)
+    sim = torch.randn(50, 50) * 5 + torch.eye(50) * 8
+    sim[:, 0] += 12  # a hub: close to every text
+    bank = torch.randn(200, 50) * 5
+    bank[:, 0] += 12  # the training captions see the same hub
+    plain = retrieval_metrics(sim)
+    both = retrieval_metrics(sim, querybank=bank)
+    assert set(both) == {"t2v", "v2t", "t2v_qb"} and both["t2v"] == plain["t2v"] and both["v2t"] == plain["v2t"]
+    assert both["t2v_qb"]["R1"] >= plain["t2v"]["R1"] + 10  # 10 -> 26 here
 
 
 def test_dsl_is_reported_apart_and_leaves_raw_numbers_alone():

@@ -25,7 +25,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from xclip_lightning.data.benchmarks.common import KEEP_MISSING
+from xclip_lightning.data.dataset import all_captions
 from xclip_lightning.errors import CheckpointError, CorruptCheckpointError, check_checkpoint_file, is_lightning_alias
+from xclip_lightning.inputs.tokenize import TokenizedText, tokenize
 from xclip_lightning.loss import symmetric_infonce
 from xclip_lightning.metrics import RetrievalMetrics, first_of_each
 from xclip_lightning.model.encoders import Attention
@@ -51,6 +54,8 @@ BETAS = (0.9, 0.98)
 EPS = 1e-6
 WARMUP_FRACTION = 0.1
 MAX_GRAD_NORM = 1.0
+QB_BANK_SIZE = 10_000  # training captions in QB-Norm's query bank
+QB_ENCODE_BATCH = 256
 MAX_LOGIT_SCALE = math.log(100.0)  # clamped after every step
 # CLIP parameters the official run freezes (--freeze_layer_num 0): embeddings, patch conv, ln_pre
 FROZEN_CLIP_PARAMETERS = (
@@ -158,10 +163,17 @@ def clip_from_checkpoint(path: str | Path | None) -> Iterator[None]:
         _CLIP_SPEC.reset(token)
 
 
+POSTPROCESSED = ("_dsl", "_qb")  # suffixes of the metrics after dual softmax and QB-Norm
+
+
 def _log_name(key: str) -> str:
-    """``t2v/R1`` -> ``t2v_R1``; ``t2v_dsl/R1`` -> ``t2v_R1_dsl`` (a re-ranked number keeps its plain name's prefix)."""
+    """``t2v/R1`` -> ``t2v_R1``; ``t2v_dsl/R1`` -> ``t2v_R1_dsl``, ``t2v_qb/R1`` -> ``t2v_R1_qb`` (a post-processed
+    number keeps its plain name's prefix)."""
     group, name = key.split("/")
-    return f"{group.removesuffix('_dsl')}_{name}_dsl" if group.endswith("_dsl") else f"{group}_{name}"
+    for suffix in POSTPROCESSED:
+        if group.endswith(suffix):
+            return f"{group.removesuffix(suffix)}_{name}{suffix}"
+    return f"{group}_{name}"
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_fraction: float = WARMUP_FRACTION) -> float:
@@ -195,6 +207,9 @@ class XCLIPRetrieval(L.LightningModule):
         eval_dsl: also log the metrics after dual-softmax re-ranking (an inference trick many peers' tables include,
             not the official X-CLIP numbers) under their own names, ``val/t2v_R1_dsl`` ...; the plain metrics are
             unchanged.
+        eval_qb_norm: also log text->video after QB-Norm (``metrics.querybank_normalise``; another peers' trick),
+            as ``test/t2v_R1_qb`` ...; its query bank is ``qb_norm_bank_size`` captions of the *training* split
+            (a seeded sample; only the annotations are read, not the training videos), never the evaluated texts.
         optimizer: ``adamw`` (torch's, bias-corrected) or ``bertadam`` (the official one: no bias correction).
         grad_cache_chunk: gradient caching: encode the batch in chunks of this many pairs without a graph, take the
             loss over the whole (global) batch, then re-encode chunk by chunk and back-propagate the cached feature
@@ -231,6 +246,8 @@ class XCLIPRetrieval(L.LightningModule):
         max_grad_norm: float | None = MAX_GRAD_NORM,
         eval_block_elements: int = DEFAULT_BLOCK_ELEMENTS,
         eval_dsl: bool = False,
+        eval_qb_norm: bool = False,
+        qb_norm_bank_size: int = QB_BANK_SIZE,
         optimizer: Literal["adamw", "bertadam"] = "adamw",
         grad_cache_chunk: int | None = None,
         gradient_checkpointing: bool = False,
@@ -277,6 +294,7 @@ class XCLIPRetrieval(L.LightningModule):
         self.model.train()  # from_pretrained leaves CLIP in eval mode
         self._texts: list[dict[str, Tensor]] = []
         self._videos: list[dict[str, Tensor]] = []
+        self._bank_tokens: TokenizedText | None = None
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
 
@@ -467,6 +485,7 @@ class XCLIPRetrieval(L.LightningModule):
                     "frames": video.frames.float(),
                     "frame_mask": video.frame_mask,
                     "video_index": batch["video_index"],
+                    "captions": batch.get("captions", torch.ones_like(batch["video_index"])),
                 }
             )
 
@@ -499,9 +518,9 @@ class XCLIPRetrieval(L.LightningModule):
         pairs = self._all_unique([{k: t[k] for k in ("text_index", "video_index")} for t in texts], "text_index")
         if not bool((pairs["video_index"].diff() >= 0).all()):
             raise RuntimeError("evaluation captions must be grouped by video (CaptionDataset keeps them so)")
-        # captions whose video was encoded, then the videos that kept a caption
+        # captions whose video was encoded, then the videos that kept a caption, and the distractors (no caption)
         text_kept = torch.isin(pairs["video_index"], video["video_index"])
-        video_kept = torch.isin(video["video_index"], pairs["video_index"][text_kept])
+        video_kept = torch.isin(video["video_index"], pairs["video_index"][text_kept]) | (video["captions"] == 0)
         kept_text_index, kept_video_index = pairs["text_index"][text_kept], video["video_index"][video_kept]
         if len(kept_text_index) == 0:
             return {}
@@ -513,7 +532,11 @@ class XCLIPRetrieval(L.LightningModule):
         captions_per_video = torch.bincount(column, minlength=len(kept_video_index))
         single = bool((captions_per_video == 1).all())
         dsl = bool(self.hparams.get("eval_dsl", False))  # checkpoints of 0.1.0 do not have it
-        metric = RetrievalMetrics(None if single else captions_per_video.tolist(), dsl=dsl).to(self.device)
+        bank = None
+        if self.hparams.get("eval_qb_norm", False):
+            bank = self.model.score_matrix(self._querybank(), video_features, self.hparams.eval_block_elements)
+        counts = None if single else captions_per_video.tolist()
+        metric = RetrievalMetrics(counts, dsl=dsl, querybank=bank).to(self.device)
         for part in texts:  # each rank scores its own captions against every kept video
             keep = torch.isin(part["text_index"], kept_text_index)
             text = TextFeatures(part["sentence"][keep], part["words"][keep], part["word_mask"][keep])
@@ -522,6 +545,30 @@ class XCLIPRetrieval(L.LightningModule):
         result = {f"{stage}/{_log_name(k)}": v.item() for k, v in metric.compute().items()}
         self.log_dict(result, sync_dist=False)
         return result
+
+    def _querybank(self) -> TextFeatures:
+        """QB-Norm's query bank: a seeded sample of the training split's captions, encoded by the current model."""
+        if self._bank_tokens is None:
+            datamodule = getattr(self.trainer, "datamodule", None)
+            if datamodule is None or not hasattr(datamodule, "records"):
+                raise ValueError("eval_qb_norm needs a VideoTextDataModule: its training captions are the query bank")
+            try:
+                records = datamodule.records("train", missing_videos=KEEP_MISSING)  # captions only: no video needed
+            except (OSError, ValueError) as err:
+                raise ValueError(f"eval_qb_norm needs the training split's captions for its query bank: {err}") from err
+            captions = all_captions(records)
+            order = torch.randperm(len(captions), generator=torch.Generator().manual_seed(0))
+            chosen = [captions[i] for i in order[: self.hparams.qb_norm_bank_size].tolist()]
+            clean = getattr(datamodule, "clean_captions", True)
+            self._bank_tokens = tokenize(self.model.tokenizer, chosen, self.hparams.max_words, clean=clean)
+        parts = []
+        tokens = self._bank_tokens
+        for start in range(0, len(tokens.input_ids), QB_ENCODE_BATCH):
+            rows = slice(start, start + QB_ENCODE_BATCH)
+            ids, mask = tokens.input_ids[rows].to(self.device), tokens.word_mask[rows].to(self.device)
+            text = self.model.encode_text(ids, mask)
+            parts.append((text.sentence.float(), text.words.float(), mask))
+        return TextFeatures(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
     def _warn_if_partial(self, stage: str, num_texts: int, num_videos: int) -> None:
         if self.trainer.sanity_checking:

@@ -126,7 +126,10 @@ class VideoDataset(_VideoItems):
         return len(self.records)
 
     def __getitem__(self, index: int) -> Item | None:
-        return self._frames(index)
+        item = self._frames(index)
+        if item is not None:  # 0: a distractor (generic annotations' "captions": []), kept in the evaluation
+            item["captions"] = torch.tensor(len(self.records[index].captions))
+        return item
 
 
 def all_captions(records: Sequence[VideoRecord]) -> list[str]:

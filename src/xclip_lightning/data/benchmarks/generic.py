@@ -12,7 +12,9 @@ Accepted files:
 Keys (the first one present wins): the video file ``video``, ``video_path``, ``clip_name`` or ``video_id`` (a name
 without extension is looked up with each video extension); an explicit id ``video_id`` beside a file key (default:
 the file's stem); captions ``captions`` (a list) or ``caption``, ``sentence``, ``text``, ``description`` (a string or
-a list); ``split`` (needed unless the path has ``{split}``). Video paths are relative to the videos folder and may
+a list); ``split`` (needed unless the path has ``{split}``). ``"captions": []`` in a val or test split is a
+distractor video: a candidate every text is ranked against, which no text asks for (a gallery larger than the
+queries; see ``metrics.retrieval_metrics``). Video paths are relative to the videos folder and may
 not leave it. Every bad value is an ``AnnotationError`` naming the file and the line (or the JSON entry).
 """
 
@@ -98,7 +100,7 @@ def _captions(item: dict[str, Any], path: Path, line: int | None, entry: str | N
         raise AnnotationError(
             path, f"{keys[0]!r} must be {expected}, got {type(value).__name__}", line=line, entry=entry
         )
-    if not value:
+    if not value and keys[0] != CAPTION_LIST_KEY:
         raise AnnotationError(path, f"{keys[0]!r} is an empty list: give at least one caption", line=line, entry=entry)
     return [caption_text(c, path, line, entry) for c in value]
 
@@ -209,6 +211,15 @@ def read_generic(
                 path, f"video id {e.video_id!r} names two files: {first.video} and {e.video}", e.line, e.entry
             )
         captions.extend(e.captions)
+    for vid, (first, _, captions) in grouped.items():
+        if not captions and split == "train":
+            raise AnnotationError(
+                path,
+                f"video {vid!r} has no caption: 'captions': [] marks a distractor video (a candidate no text asks "
+                f"for), which only val and test splits can have",
+                first.line,
+                first.entry,
+            )
     # the disk is looked at once per video
     records = [VideoRecord(vid, _find_video(file), tuple(caps), split) for vid, (_, file, caps) in grouped.items()]
     return resolve_missing(records, missing_videos, f"{path} ({split})")
