@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.installed-bench
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-min lint format bench demo clean
+.PHONY: help install test test-min lint format bench bench-gpu demo clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,10 @@ bench: $(BENCH_STAMP) ## Run the benchmarks (each prints a table and one JSON li
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/serve.py
+	@echo "needs a GPU, not run here: make bench-gpu (bench/gpu_check.py)"
+
+bench-gpu: $(BENCH_STAMP) ## The GPU check (one CUDA GPU, under 8 minutes): training modes, index cuda vs cpu, fp16, 1000x1000 eval
+	$(BIN)/python bench/gpu_check.py
 
 demo: install ## Train and test on the embedded synthetic dataset (CPU, about 80 s), print the retrieval table
 	$(BIN)/xclip-lightning demo

@@ -42,11 +42,15 @@ items = [
 
 class Clock(Callback):
     def on_train_batch_start(self, trainer, pl_module, b, batch_idx):
+        if device == "cuda":
+            torch.cuda.synchronize()
+            if batch_idx == 1:
+                torch.cuda.reset_peak_memory_stats()
         self.start = time.perf_counter()
-        if batch_idx == 1 and device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
+        if device == "cuda":
+            torch.cuda.synchronize()  # the kernels queued by this step, not only their launch
         self.seconds = time.perf_counter() - self.start  # the second step: after the warm-up
 
 

@@ -84,7 +84,6 @@ def run(argv: Sequence[str], probe: str = "header", workers: int | None = None, 
     """The whole report as a JSON-able dict (``ok``: fit and test can run)."""
     from xclip_lightning.data.datamodule import VideoTextDataModule
     from xclip_lightning.data.dataset import video_source
-    from xclip_lightning.data.frame_cache import SamplerSettings
     from xclip_lightning.lightning_cli import fit_config
 
     config = fit_config(argv, PROG)
@@ -93,10 +92,9 @@ def run(argv: Sequence[str], probe: str = "header", workers: int | None = None, 
     problems: list[str] = []
     notes: list[str] = []
 
-    image_size, clip_problem = _clip(module)
+    settings, clip_problem = _clip(module)
     if clip_problem:
         problems.append(clip_problem)
-    settings = SamplerSettings(module.fps, module.max_frames, module.sampling, image_size)
 
     splits: dict[str, SplitReport] = {}
     records: dict[str, list] = {}
@@ -136,22 +134,25 @@ def run(argv: Sequence[str], probe: str = "header", workers: int | None = None, 
     }
 
 
-def _clip(module: Any) -> tuple[int, str | None]:
-    """The frame size (the CLIP vision config's unless ``image_size`` is set), and a problem when the CLIP fit
-    needs cannot be loaded."""
-    from transformers import AutoConfig, AutoTokenizer
+def _clip(module: Any) -> tuple[Any, str | None]:
+    """The sampler settings of the backbone (its frame size and resize, unless ``image_size`` is set), and a
+    problem when the CLIP (or SigLIP) fit needs cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    from xclip_lightning.data.frame_cache import SamplerSettings
 
     try:
-        config = AutoConfig.from_pretrained(module.clip_name_or_path)
+        settings = module.sampler_settings  # reads the backbone's config
         AutoTokenizer.from_pretrained(module.clip_name_or_path)
-    except Exception as err:  # the Hub's many failures, a folder without a config, ...
+    except Exception as err:  # the Hub's many failures, a folder without a config, an unknown backbone, ...
         reason = " ".join(str(err).split())[:300]
-        return module.image_size or 224, (
+        fallback = SamplerSettings(module.fps, module.max_frames, module.sampling, module.image_size or 224)
+        return fallback, (
             f"the CLIP {module.clip_name_or_path!r} cannot be loaded ({type(err).__name__}: {reason}): fit needs "
             f"its config, weights and tokenizer (--model.clip_name_or_path: a local folder, or a Hub name on a "
             f"machine that can download it); test --ckpt_path does not"
         )
-    return module.image_size or config.vision_config.image_size, None
+    return settings, None
 
 
 def _read_split(module: Any, split: str, notes: list[str]) -> tuple[SplitReport, list]:
@@ -211,7 +212,7 @@ def _judge(report: SplitReport, module: Any, problems: list[str], notes: list[st
     only make the numbers incomparable."""
     name = report.name
     if report.missing:
-        said = f"{len(report.missing)} of {report.listed_videos} videos not found under {module.videos}, e.g. " + (
+        said = f"{len(report.missing)} of {_videos(report.listed_videos)} not found under {module.videos}, e.g. " + (
             ", ".join(report.missing[:SHOW])
         )
         if module.missing_videos == "error":
@@ -220,7 +221,7 @@ def _judge(report: SplitReport, module: Any, problems: list[str], notes: list[st
             notes.append(f"{name}: {said} (left out: --data.missing_videos skip)")
     if report.undecodable:
         listed = "; ".join(f"{k}: {v}" for k, v in list(report.undecodable.items())[:SHOW])
-        said = f"{len(report.undecodable)} videos cannot be decoded ({listed})"
+        said = f"{_videos(len(report.undecodable))} cannot be decoded ({listed})"
         if module.bad_videos == "error":
             problems.append(
                 f"{name}: {said} (fit and test stop on them: re-download or re-encode them, or --data.bad_videos skip)"
@@ -329,10 +330,12 @@ def _cache_estimate(module: Any, settings: Any, sources: list, probes: dict, mod
             timed.append(time.perf_counter() - start)
         basis = f"decoding timed on {len(timed)} of them" if timed else None
     seconds = statistics.fmean(timed) * len(todo) / workers if timed else None
+    undecodable = sum(1 for s in sources if probes.get(s) and probes[s].error)
     return {
         "folder": str(cache.folder),
         "videos": len(sources),
-        "cached": len(sources) - len(todo) - sum(1 for s in sources if probes.get(s) and probes[s].error),
+        "undecodable": undecodable,
+        "cached": len(sources) - len(todo) - undecodable,
         "to_build": len(todo),
         "estimated_bytes": size,
         "estimated_seconds": seconds,
@@ -389,9 +392,13 @@ def _duration_text(seconds: float) -> str:
     if seconds < 1:
         return "under 1 s"
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"about {seconds:.0f} s"
     minutes = seconds / 60
-    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
+    return f"about {minutes:.0f} min" if minutes < 90 else f"about {minutes / 60:.1f} h"
+
+
+def _videos(n: int) -> str:
+    return f"{n:,} video" + ("" if n == 1 else "s")
 
 
 def report_lines(report: dict) -> list[str]:
@@ -420,10 +427,12 @@ def report_lines(report: dict) -> list[str]:
     if cache.get("folder") is None:
         lines.append(f"frame cache: none ({cache['note']})")
     else:
-        built = f"{cache['cached']:,} of {cache['videos']:,} videos cached"
+        built = f"{cache['cached']:,} of {_videos(cache['videos'])} cached"
+        if cache["undecodable"]:
+            built += f" ({cache['undecodable']:,} undecodable)"
         if cache["to_build"]:
             when = (
-                f", about {_duration_text(cache['estimated_seconds'])} with {cache['workers']} worker(s) "
+                f", {_duration_text(cache['estimated_seconds'])} with {cache['workers']} worker(s) "
                 f"({cache['estimate_basis']})"
                 if cache["estimated_seconds"] is not None
                 else " (time not estimated with --probe none)"
@@ -431,8 +440,9 @@ def report_lines(report: dict) -> list[str]:
             built += f"; {cache['to_build']:,} to build: about {_bytes(cache['estimated_bytes'])}{when}"
         lines.append(f"frame cache {cache['folder']}: {built}")
     b = report["batch"]
+    resolved = "" if b["devices_resolved"] in ("given", "listed") else f" ({b['devices_resolved']})"
     lines.append(
-        f"batch: {b['per_device']} per device x {b['devices']} device(s) ({b['devices_resolved']}) x {b['nodes']} "
+        f"batch: {b['per_device']} per device x {b['devices']} device(s){resolved} x {b['nodes']} "
         f"node(s) = {b['global']} global contrastive batch; {b['steps_per_epoch']:,} optimizer steps per epoch"
         + (f" (accumulating {b['accumulate_grad_batches']})" if b["accumulate_grad_batches"] > 1 else "")
     )

@@ -459,7 +459,8 @@ class XCLIPRetrieval(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():  # official: logit_scale clamped to at most ln(100) after every step
-            self.model.encoders.clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
+            if self.model.encoders.clamp_logit_scale:  # CLIP's; SigLIP's scale is its own
+                self.model.encoders.clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
 
     # ---- evaluation -----------------------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from xclip_lightning.data.frame_cache import FrameCache, SamplerSettings
 from xclip_lightning.data.video import SamplingMode
 from xclip_lightning.errors import UserError
 from xclip_lightning.inputs.tokenize import tokenize
+from xclip_lightning.model.encoders import backbone_of
 from xclip_lightning.model.head import DEFAULT_CLIP, DEFAULT_MAX_FRAMES, DEFAULT_MAX_WORDS
 
 Benchmark = Literal["msrvtt", "msvd", "lsmdc", "didemo", "activitynet", "generic"]
@@ -123,6 +124,7 @@ class VideoTextDataModule(L.LightningDataModule):
         self.didemo_lookup, self.clean_captions = didemo_lookup, clean_captions
         self.prepare_workers, self.shuffle_seed = prepare_workers, shuffle_seed
         self.datasets: dict[str, list[Dataset]] = {}
+        self._backbone: tuple[int, str] | None = None  # (image size, resize) of the CLIP / SigLIP config
 
     # ---- records and frames -------------------------------------------------------------------------------------
 
@@ -159,13 +161,16 @@ class VideoTextDataModule(L.LightningDataModule):
 
     @property
     def sampler_settings(self) -> SamplerSettings:
-        if self.image_size is None:
+        """What the frames depend on; the image size and resize are the backbone's (CLIP crops, SigLIP squashes)
+        unless ``image_size`` is given."""
+        if self._backbone is None:
             model = self._model()
             config = (
                 model.encoders.clip.config if model is not None else AutoConfig.from_pretrained(self.clip_name_or_path)
             )
-            self.image_size = config.vision_config.image_size
-        return SamplerSettings(self.fps, self.max_frames, self.sampling, self.image_size)
+            self._backbone = (config.vision_config.image_size, backbone_of(config).resize)
+        size, resize = self._backbone
+        return SamplerSettings(self.fps, self.max_frames, self.sampling, self.image_size or size, resize)
 
     def _stage_splits(self) -> tuple[Split, ...]:
         """The splits the trainer's current stage reads; all three when no trainer runs."""

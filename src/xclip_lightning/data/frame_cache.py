@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from xclip_lightning.data.video import SamplingMode, sample_frames
 from xclip_lightning.errors import UserError
-from xclip_lightning.inputs.transforms import resize_crop
+from xclip_lightning.inputs.transforms import Resize, resizer
 
 CACHE_VERSION = 3  # bump when the stored layout or the sampler's output changes (3: digests in the metadata)
 PARENT_CHECK_SECONDS = 1.0  # how often a cache worker checks that its parent is alive
@@ -63,10 +63,12 @@ class SamplerSettings:
     max_frames: int = 12
     mode: SamplingMode = "timestamp"
     image_size: int = 224
+    resize: Resize = "crop"  # CLIP's resize + center crop; SigLIP's "squash" (the whole frame to S x S)
 
     @property
     def key(self) -> str:
-        return f"fps{self.fps:g}-frames{self.max_frames}-{self.mode}-{self.image_size}px-v{CACHE_VERSION}"
+        size = f"{self.image_size}px" + ("" if self.resize == "crop" else f"-{self.resize}")
+        return f"fps{self.fps:g}-frames{self.max_frames}-{self.mode}-{size}-v{CACHE_VERSION}"
 
 
 class VideoSource(NamedTuple):
@@ -83,7 +85,7 @@ class CachedFrames(NamedTuple):
 
 def decode_video(source: VideoSource, settings: SamplerSettings) -> CachedFrames:
     """Sample, resize and crop one video (no cache): the on-the-fly path and the cache's worker."""
-    resize = resize_crop(settings.image_size)  # per frame, as it is decoded: memory stays that of S x S frames
+    resize = resizer(settings.image_size, settings.resize)  # per frame, as decoded: memory holds S x S frames only
     sampled = sample_frames(
         source.path, settings.fps, settings.max_frames, settings.mode, source.end_time, transform=resize
     )

@@ -57,7 +57,9 @@ def build_index(
                               f"openai/clip-vit-base-patch32)")  # fmt: skip
     model = (load_search_model(reference) if reference is not None else model).eval()
     model.to(resolve_device(device))
-    settings = SamplerSettings(fps, model.head.max_frames, "timestamp", model.encoders.image_size)
+    settings = SamplerSettings(
+        fps, model.head.max_frames, "timestamp", model.encoders.image_size, model.encoders.resize
+    )
     update = Update(
         out, videos.resolve(), model_fingerprint(model), settings, window, "float16" if half else "float32",
         reference, approximate, batch_size, workers, flush_every, prune, stride,

@@ -25,7 +25,7 @@ from xclip_lightning.index.plan import Update
 from xclip_lightning.index.records import IndexEntry, entry_id
 from xclip_lightning.index.store import THUMBS, VideoIndexError
 from xclip_lightning.index.writer import Row, RowBuffer, write_thumbnail
-from xclip_lightning.inputs.transforms import resize_crop
+from xclip_lightning.inputs.transforms import resizer
 from xclip_lightning.model.xclip import XCLIP, XCLIP_CONFIG_FILE, update_with_tensors
 
 THUMB_HEIGHT = 64  # pixels of the thumbnail strip
@@ -71,7 +71,7 @@ class Decode(Dataset):
         windows = WindowSelector(self.window or math.inf, s.fps, s.max_frames, self.stride)
         try:
             sampled = sample_frames(
-                path, s.fps, s.max_frames, s.mode, transform=resize_crop(s.image_size), select=windows
+                path, s.fps, s.max_frames, s.mode, transform=resizer(s.image_size, s.resize), select=windows
             )
         except Exception as err:  # reported by path with its reason; the run goes on
             return {"index": i, "error": f"{type(err).__name__}: {err}"}

@@ -21,6 +21,7 @@ from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
 PAD_ID = 0  # official: input_ids padded with 0 (the token "!" in CLIP's vocabulary), not the tokenizer's pad id
+CLIP_BOS = "<|startoftext|>"  # a tokenizer with this start token gets CLIP's layout; any other, its own padding
 
 
 def clean_caption(text: str) -> str:
@@ -45,12 +46,19 @@ class TokenizedText(NamedTuple):
 def tokenize(
     tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_words: int, clean: bool = True
 ) -> TokenizedText:
-    """Tokenize ``captions`` into ``max_words`` slots with the official layout.
+    """Tokenize ``captions`` into ``max_words`` slots.
 
-    Works with any HF tokenizer that defines ``bos_token`` (CLIP's ``<|startoftext|>``) and ``eos_token``
-    (``<|endoftext|>``). The EOT slot is always the last valid one: ``word_mask.sum(1) - 1``. ``clean`` applies
-    ``clean_caption`` first (official); False passes the text as it is.
+    A CLIP tokenizer (start token ``<|startoftext|>``) gets the official layout: ``[SOT] tokens [EOT]`` padded with
+    0, the EOT slot always the last valid one (``word_mask.sum(1) - 1``). Any other tokenizer (SigLIP's, SigLIP 2's
+    Gemma) gets its own special tokens and its own padding to ``max_words`` (``padding="max_length"``, as SigLIP is
+    used), the mask marking the caption's tokens; SigLIP 2's Gemma tokenizer gets lower-cased text, as the model was
+    trained. ``clean`` applies ``clean_caption`` first (official); False passes the text as it is.
     """
+    if isinstance(captions, str):
+        raise TypeError("tokenize expects a sequence of captions, got a single string")
+    texts = [clean_caption(c) for c in captions] if clean else list(captions)
+    if tokenizer.bos_token != CLIP_BOS:
+        return _tokenize_padded(tokenizer, texts, max_words)
     if max_words < 2:
         raise ValueError(f"max_words must be at least 2 (SOT and EOT), got {max_words}")
     sot, eot = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -58,9 +66,6 @@ def tokenize(
         raise ValueError(
             f"{type(tokenizer).__name__} has no bos/eos token; X-CLIP needs CLIP's <|startoftext|> and <|endoftext|>"
         )
-    if isinstance(captions, str):
-        raise TypeError("tokenize expects a sequence of captions, got a single string")
-    texts = [clean_caption(c) for c in captions] if clean else list(captions)
     content = tokenizer(texts, add_special_tokens=False)["input_ids"]
     input_ids = torch.full((len(content), max_words), PAD_ID, dtype=torch.long)
     lengths = torch.empty(len(content), dtype=torch.long)
@@ -70,3 +75,24 @@ def tokenize(
         lengths[row] = len(ids)
     word_mask = torch.arange(max_words)[None, :] < lengths[:, None]
     return TokenizedText(input_ids, word_mask)
+
+
+def _tokenize_padded(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_words: int) -> TokenizedText:
+    """The tokenizer's own layout, padded (on its own side) and truncated to ``max_words``; the mask is its
+    attention mask."""
+    if tokenizer.pad_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no pad token: cannot pad captions to max_words")
+    if "gemma" in type(tokenizer).__name__.lower():
+        texts = [t.lower() for t in texts]  # SigLIP 2 (its tokenizer files name Gemma's class, which keeps case)
+    if not texts:
+        empty = torch.zeros(0, max_words, dtype=torch.long)
+        return TokenizedText(empty, empty.bool())
+    encoded = tokenizer(
+        texts,
+        padding="max_length",
+        truncation=True,
+        max_length=max_words,
+        return_attention_mask=True,
+        return_tensors="pt",
+    )
+    return TokenizedText(encoded["input_ids"].long(), encoded["attention_mask"].bool())

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformers import AutoTokenizer, CLIPConfig, CLIPModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from xclip_lightning.inputs.tokenize import TokenizedText, tokenize
-from xclip_lightning.model.encoders import Attention, CLIPEncoders
+from xclip_lightning.model.encoders import Attention, CLIPEncoders, encoders_from_config, load_encoders
 from xclip_lightning.model.head import (
     DEFAULT_BLOCK_ELEMENTS,
     DEFAULT_MAX_FRAMES,
@@ -112,11 +112,10 @@ class XCLIP(nn.Module):
         ``attention``: torch's scaled-dot-product attention (``sdpa``) or transformers' ``eager`` one.
         """
         if clip_spec is None:
-            encoders = CLIPEncoders.from_pretrained(clip_name_or_path, attention)
+            encoders = load_encoders(clip_name_or_path, attention)  # CLIP, or SigLIP (model_type says)
             tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
         else:
-            config = CLIPConfig.from_dict(clip_spec["config"])
-            encoders = CLIPEncoders(CLIPModel._from_config(config, attn_implementation=attention))
+            encoders = encoders_from_config(clip_spec["config"], attention)
             tokenizer = tokenizer_from_files(clip_spec["tokenizer"])
         head = XCLIPHead(encoders.embed_dim, max_words, max_frames, temporal_layers=temporal_layers, **head_kwargs)
         if init_temporal_from_clip and head.temporal_layers > 0:
@@ -193,7 +192,7 @@ class XCLIP(nn.Module):
         version = head_config.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ValueError(f"{config_path}: format_version {version}, this version of xclip-lightning reads 1")
-        clip = CLIPModel(CLIPConfig.from_pretrained(folder))
-        model = cls(CLIPEncoders(clip), XCLIPHead(**head_config), AutoTokenizer.from_pretrained(folder))
+        encoders = encoders_from_config(str(folder))
+        model = cls(encoders, XCLIPHead(**head_config), AutoTokenizer.from_pretrained(folder))
         model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=str(map_location)))
         return model
