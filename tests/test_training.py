@@ -214,9 +214,12 @@ def test_cli_fit_then_test_writes_logs_checkpoints_and_config(synthetic, tmp_pat
     best = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("best-")]
     assert len(best) == 1 and "t2v_R1" in best[0].name and (run / "checkpoints" / "last.ckpt").is_file()
     assert "val/t2v_R1" in (run / "metrics.csv").read_text().splitlines()[0]
-    main(["test", *cli_args(synthetic, tmp_path), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    # the evaluation options given at test time win over the checkpoint's (Lightning loads its hparams over the args)
+    evaluation = ["--model.eval_dsl=true", "--model.eval_qb_norm=true"]
+    main(["test", *cli_args(synthetic, tmp_path), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}", *evaluation])
     test_run = tmp_path / "runs" / "synthetic" / "version_1"
-    assert "test/t2v_R1" in (test_run / "metrics.csv").read_text()
+    logged = (test_run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"test/t2v_R1", "test/t2v_R1_dsl", "test/v2t_R1_dsl", "test/t2v_R1_qb"} <= set(logged)
     main(["predict", *cli_args(synthetic, tmp_path), f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
     predictions = tmp_path / "runs" / "synthetic" / "version_2" / "predictions"
     texts, videos = (load_file(predictions / f"{k}.rank0.safetensors") for k in ("texts", "videos"))

@@ -4,6 +4,7 @@ model and data arguments, the trainer defaults, one-line argument errors. ``cli.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,11 +18,13 @@ from xclip_lightning.callbacks import FeatureWriter
 from xclip_lightning.data.datamodule import VideoTextDataModule
 from xclip_lightning.errors import debugging, is_lightning_alias
 from xclip_lightning.lightning_module import XCLIPRetrieval, clip_from_checkpoint, read_checkpoint
-from xclip_lightning.packaged import CONFIGS
+from xclip_lightning.packaged import CONFIGS, option_values
 
 __all__ = ["CONFIGS", "MONITOR", "XCLIPCLI", "fit_config", "run_cli", "trainer_defaults"]
 
 MONITOR = "val/t2v_R1"  # official model selection: the best text->video R@1 on the val split
+# how an evaluation is scored, not what was trained: set at test time, they win over the checkpoint's values
+EVALUATION_OPTIONS = ("eval_dsl", "eval_qb_norm", "qb_norm_bank_size", "eval_block_elements")
 
 
 class XCLIPCLI(LightningCLI):
@@ -54,6 +57,23 @@ class XCLIPCLI(LightningCLI):
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path is not None and not is_lightning_alias(path):
             read_checkpoint(path)
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning puts the checkpoint's hyper-parameters over the parsed config. The evaluation options the user
+        set (on the command line, or in a config away from their defaults) win over the training run's, so
+        ``test --ckpt_path X --model.eval_dsl true`` logs the DSL numbers."""
+        subcommand = self.config.get("subcommand")
+        model = self.config[subcommand].get("model") if subcommand else None
+        defaults = inspect.signature(XCLIPRetrieval.__init__).parameters
+
+        def set_by_user(name: str) -> bool:
+            typed = any(True for _ in option_values(sys.argv[1:], f"--model.{name}"))
+            return typed or model[name] != defaults[name].default
+
+        chosen = {name: model[name] for name in EVALUATION_OPTIONS if model is not None and set_by_user(name)}
+        super()._parse_ckpt_path()
+        for name, value in chosen.items():
+            self.config[subcommand]["model"][name] = value
 
     def instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else {}
