@@ -147,6 +147,15 @@ def test_a_clip_that_cannot_be_loaded_is_a_problem(clip, tmp_path):
     assert not report["ok"] and "cannot be loaded" in report["problems"][0]
 
 
+def test_wrong_folders_are_named(clip, tmp_path):
+    mini = BUILDERS["msrvtt"](tmp_path / "data")
+    report = check(mini, clip, tmp_path / "cache", f"--data.videos={tmp_path / 'nowhere'}", probe="none")
+    assert not report["ok"] and f"--data.videos {tmp_path / 'nowhere'}: no such folder" in report["problems"][0]
+    assert report["splits"]["test"]["missing"] == ["video9770", "video7020", "video9731"]
+    report = check(mini, clip, tmp_path / "cache", f"--data.annotations={tmp_path / 'nowhere'}", probe="none")
+    assert all(report["splits"][s]["error"] and "not found" in report["splits"][s]["error"] for s in report["splits"])
+
+
 def command(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     cli = Path(sys.executable).with_name("xclip-lightning")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

@@ -24,6 +24,7 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 PROG = "xclip-lightning check-data"
@@ -96,6 +97,8 @@ def run(argv: Sequence[str], probe: str = "header", workers: int | None = None, 
     if clip_problem:
         problems.append(clip_problem)
 
+    if not Path(module.videos).is_dir():
+        problems.append(f"--data.videos {module.videos}: no such folder (the videos of every split are found there)")
     splits: dict[str, SplitReport] = {}
     records: dict[str, list] = {}
     for split in ("train", "val", "test"):
