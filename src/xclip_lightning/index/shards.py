@@ -68,6 +68,10 @@ def _digest(data: np.ndarray | bytes) -> bytes:
     return hashlib.sha256(data).digest()[:DIGEST]
 
 
+def _digests(parts: Sequence[np.ndarray]) -> list[bytes]:
+    return [_digest(part) for part in parts]
+
+
 class _Layout:
     """Where the parts of a safetensors shard are: an 8-byte little-endian header length, the JSON header (each
     tensor's dtype, shape and data offsets; the ids in its metadata), then the tensors' data."""
@@ -237,11 +241,13 @@ class ShardReader:
             chosen.append((shard, rows, positions))
         # hashed by threads before anything is copied: hashlib releases the GIL, so the disk reads of a cold page
         # cache overlap (and the copies below read from memory)
-        digests = (
-            _pool().map(_digest, [part for _, _, part in todo])
-            if len(todo) > 64
-            else map(_digest, (t[2] for t in todo))
-        )
+        pieces = [part for _, _, part in todo]
+        if len(pieces) > 64:  # a few chunks, one task each: a future per part cost more than its hashing
+            step = -(-len(pieces) // (2 * READ_THREADS))
+            chunks = _pool().map(_digests, [pieces[i : i + step] for i in range(0, len(pieces), step)])
+            digests = [d for chunk in chunks for d in chunk]
+        else:
+            digests = [_digest(part) for part in pieces]
         for (shard, unit, _), digest in zip(todo, digests, strict=True):
             shard.check(unit, digest)
         parts: dict[str, list[np.ndarray]] = {k: [shard.arrays[k][rows] for shard, rows, _ in chosen] for k in keys}
