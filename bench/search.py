@@ -19,8 +19,12 @@ the approximate FAISS IVF first stage (``ann.py``, what ``index`` builds from 10
 ranked by ``VideoIndex`` as ``search`` ranks it (candidate rows located in the database, gathered, fully scored;
 the hits' entries read); exhaustive scoring for the agreement is one blocked pass over every row for a sample of
 queries at once. That row also reports the first query after opening, the IVF build time and the memory per video.
+With ``--cold`` (root: it writes /proc/sys/vm/drop_caches) the index is then closed (its memory maps released: the
+kernel keeps the pages a process maps), the page cache dropped, the index opened again and as many new queries timed,
+the first one apart: the database, the IVF lists and the rows come from the disk, as for a search started on a
+machine whose cache other work has taken.
 
-    python bench/search.py --videos 1000000 --exhaustive-queries 20
+    python bench/search.py --videos 1000000 --exhaustive-queries 20 --cold
 
 Prints a table and one JSON line.
 """
@@ -28,6 +32,7 @@ Prints a table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -95,8 +100,32 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def drop_page_cache() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def timed_queries(index: VideoIndex, texts: list[TextFeatures], candidates: int) -> tuple[list[float], list]:
+    times, found = [], []
+    for text in texts:
+        start = time.perf_counter()
+        with index.store.snapshot():
+            hits = index._rank(text, 10, candidates, None)
+        times.append(1e3 * (time.perf_counter() - start))
+        found.append([h.path for h in hits])
+    return times, found
+
+
 def run_approximate(
-    n: int, queries: int, exhaustive_queries: int, candidates: int, level: float, generator, folder: Path, nprobe: int
+    n: int,
+    queries: int,
+    exhaustive_queries: int,
+    candidates: int,
+    level: float,
+    generator,
+    folder: Path,
+    nprobe: int,
+    cold: bool = False,
 ) -> dict:
     """The million-video row: a real index (the store's database, fp16 shards read and verified lazily, the IVF first
     stage of ``ann.py``), each query ranked by ``VideoIndex`` as ``search`` does (see the docstring)."""
@@ -141,7 +170,7 @@ def run_approximate(
     before = rss_mb()
     index = VideoIndex(model, IndexStore.open(folder))
     locations = index.store.locations()
-    targets = torch.randint(0, n, (queries,), generator=generator).tolist()
+    targets = torch.randint(0, n, (2 * queries if cold else queries,), generator=generator).tolist()
     texts = []
     for t in targets:  # queries from the stored features of their target, as synthetic_features' queries
         rows = index.reader.gather([(locations[t].shard, locations[t].row, locations[t].id)])
@@ -157,13 +186,8 @@ def run_approximate(
     for text in texts[:20]:  # warm-up, as the in-memory rows: the page cache and FAISS's threads
         with index.store.snapshot():
             index._rank(text, 10, candidates, None)
-    times, fast = [], []
-    for text in texts:
-        start = time.perf_counter()
-        with index.store.snapshot():
-            hits = index._rank(text, 10, candidates, None)
-        times.append(1e3 * (time.perf_counter() - start))
-        fast.append([h.path for h in hits])
+    texts, later = texts[:queries], texts[queries:]
+    times, fast = timed_queries(index, texts, candidates)
     # exhaustive: every row fully scored for a sample of queries at once, one blocked pass
     sample = texts[:exhaustive_queries]
     batch = TextFeatures(torch.cat([t.sentence for t in sample]), torch.cat([t.words for t in sample]), None)
@@ -183,6 +207,19 @@ def run_approximate(
     full = [[locations[r].path for r in rows.tolist()] for rows in best_rows]
     same = sum(int(a == b) for a, b in zip(full, fast, strict=False))
     overlap = [len(set(a) & set(b)) / 10 for a, b in zip(full, fast, strict=False)]
+    cold_times, cold_first_s = [], None
+    if cold:
+        del index, rows, locations
+        gc.collect()
+        drop_page_cache()
+        start = time.perf_counter()
+        index = VideoIndex(model, IndexStore.open(folder))
+        with index.store.snapshot():
+            index._refresh()
+            index._rank(later[0], 10, candidates, None)
+        cold_first_s = time.perf_counter() - start
+        index._stage.index.nprobe = nprobe
+        cold_times, _ = timed_queries(index, later[1:], candidates)
     return {
         "videos": n,
         "candidates": candidates,
@@ -191,6 +228,9 @@ def run_approximate(
         "two_stage_ms": round(statistics.median(times), 2),
         "two_stage_p90_ms": round(float(np.percentile(times, 90)), 2),
         "two_stage_faiss_ms": None,
+        "cold_two_stage_ms": round(statistics.median(cold_times), 2) if cold else None,
+        "cold_two_stage_p90_ms": round(float(np.percentile(cold_times, 90)), 2) if cold else None,
+        "cold_first_query_s": round(cold_first_s, 2) if cold else None,
         "first_query_s": round(first_query_s, 2),
         "top10_identical": round(same / len(sample), 4),
         "top10_overlap": round(statistics.mean(overlap), 4),
@@ -256,7 +296,12 @@ def main(argv: list[str]) -> dict:
     parser.add_argument("--approximate-from", type=int, default=500_000, help="sizes built as an on-disk IVF index")
     parser.add_argument("--nprobe", type=int, default=ann.DEFAULT_NPROBE, help="IVF lists scanned per query")
     parser.add_argument("--workdir", default=None, help="where the large rows write their shards (deleted after)")
+    parser.add_argument(
+        "--cold", action="store_true", help="large rows: time new queries again after dropping the page cache (root)"
+    )
     args = parser.parse_args(argv)
+    if args.cold and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        parser.error("--cold drops the page cache: it needs root (write access to /proc/sys/vm/drop_caches)")
     generator = torch.Generator().manual_seed(0)
     rows = []
     for n in args.videos:
@@ -273,6 +318,7 @@ def main(argv: list[str]) -> dict:
                         generator,
                         folder,
                         args.nprobe,
+                        args.cold,
                     )
                 )
             finally:
@@ -297,6 +343,11 @@ def main(argv: list[str]) -> dict:
                 f"{'':8s} shards written in {r['write_shards_s']} s, IVF built in {r['ivf_build_s']} s; per video: "
                 f"{r['disk_bytes_per_video']} B on disk (fp16 rows), {r['ivf_bytes_per_video']} B IVF, "
                 f"{r['search_rss_bytes_per_video']} B resident for search; p90 {r['two_stage_p90_ms']} ms"
+            )
+        if r.get("cold_two_stage_ms") is not None:
+            print(
+                f"{'':8s} page cache dropped, opened again: first query {r['cold_first_query_s']} s, then new "
+                f"queries {r['cold_two_stage_ms']} ms (p90 {r['cold_two_stage_p90_ms']} ms)"
             )
     big = rows[-1]
     result = {

@@ -122,8 +122,18 @@ def write_shard(
     return ShardRecord(name, len(ids), path.stat().st_size, shard_digests(path))
 
 
+def _will_need(mapped: mmap.mmap, start: int, length: int) -> None:
+    """Ask the kernel to start reading these bytes of a mapping now (``MADV_WILLNEED``, where the platform has it):
+    reads asked for together overlap on a cold page cache, where touching the pages one after another waits for
+    each."""
+    if hasattr(mmap, "MADV_WILLNEED") and length > 0:
+        page = start - start % mmap.PAGESIZE
+        mapped.madvise(mmap.MADV_WILLNEED, page, start + length - page)
+
+
 class _MappedShard:
-    """One shard file mapped read-only, its parts verified as rows are asked for."""
+    """One shard file mapped read-only, its parts verified as rows are asked for. Mapping it asks the kernel for its
+    header; ``load()`` then checks the header (so several shards' headers can be read from the disk at once)."""
 
     def __init__(self, path: Path, record: ShardRecord) -> None:
         self.path, self.record = path, record
@@ -136,6 +146,11 @@ class _MappedShard:
         with open(path, "rb") as file:
             self.map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         self.data = np.frombuffer(self.map, dtype=np.uint8)
+        _will_need(self.map, 0, min(size, 4096 + 64 * record.rows))  # the header: its ids are 16 hex digits
+
+    def load(self) -> _MappedShard:
+        """Read and check the header (its checksum, its ids): raises ``ShardError`` when it is not the one written."""
+        path, record = self.path, self.record
         try:
             self.layout = _Layout(self.data)
         except (ValueError, KeyError, TypeError) as err:
@@ -154,6 +169,7 @@ class _MappedShard:
             first, per_row = self.layout.spans[key]
             dtype = _NUMPY_DTYPES[info["dtype"]]
             self.arrays[key] = self.data[first : first + per_row * record.rows].view(dtype).reshape(info["shape"])
+        return self
 
     def unverified(self, rows: Sequence[int], keys: Sequence[str] = FEATURE_KEYS) -> list[tuple[int, np.ndarray]]:
         """(unit, bytes) of the parts of these rows that have not been checked yet."""
@@ -166,15 +182,11 @@ class _MappedShard:
         return todo
 
     def prefetch(self, unit: int) -> None:
-        """Ask the kernel to start reading this part now (``MADV_WILLNEED``, where the platform has it): the reads of
-        a cold page cache overlap, and hashing the parts one after another then finds them in memory."""
-        if not hasattr(mmap, "MADV_WILLNEED"):
-            return
+        """Ask the kernel to start reading this part now: hashing the parts one after another then finds them in
+        memory."""
         key, row = FEATURE_KEYS[(unit - 1) // self.record.rows], (unit - 1) % self.record.rows
         first, per_row = self.layout.spans[key]
-        start = first + row * per_row
-        page = start - start % mmap.PAGESIZE
-        self.map.madvise(mmap.MADV_WILLNEED, page, start + per_row - page)
+        _will_need(self.map, first + row * per_row, per_row)
 
     def check(self, unit: int, digest: bytes) -> None:
         if digest != self.record.digests[DIGEST * unit : DIGEST * (unit + 1)]:
@@ -201,12 +213,20 @@ class ShardReader:
 
     def shard(self, name: str) -> _MappedShard:
         """The mapped shard ``name`` (opened and its header checked on first use)."""
-        if name not in self.shards:
+        self._open([name])
+        return self.shards[name]
+
+    def _open(self, names: Iterable[str]) -> None:
+        """Map the shards not open yet, all of them before any header is read (their reads overlap), then check each
+        header."""
+        mapped = []
+        for name in dict.fromkeys(n for n in names if n not in self.shards):
             record = self.record_of(name)
             if record is None:
                 raise ShardError(f"shard {name!r} is not recorded in the index")
-            self.shards[name] = _MappedShard(self.folder / SHARDS / name, record)
-        return self.shards[name]
+            mapped.append((name, _MappedShard(self.folder / SHARDS / name, record)))
+        for name, shard in mapped:
+            self.shards[name] = shard.load()
 
     def gather(
         self, locations: Sequence[tuple[str, int, str]], keys: Sequence[str] = FEATURE_KEYS
@@ -217,6 +237,7 @@ class ShardReader:
         by_shard: dict[str, list[int]] = {}
         for position, (name, _, _) in enumerate(locations):
             by_shard.setdefault(name, []).append(position)
+        self._open(by_shard)
         todo: list[tuple[_MappedShard, int, np.ndarray]] = []  # parts to verify before any row is returned
         chosen: list[tuple[_MappedShard, np.ndarray, list[int]]] = []
         for name, positions in by_shard.items():
@@ -233,7 +254,7 @@ class ShardReader:
         # page cache then reads them in parallel), and each is hashed here: on a page cache that holds them, a pool
         # of hashing threads cost more in hand-offs than it saved (1M moments: 15-16 ms a query serially vs 17-19)
         for shard, unit, part in todo:
-            if part.nbytes >= mmap.PAGESIZE:
+            if part.nbytes >= mmap.PAGESIZE:  # the small ones lie in pages of the large ones or of the header
                 shard.prefetch(unit)
         for shard, unit, part in todo:
             shard.check(unit, _digest(part))

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -164,6 +165,22 @@ class VideoInfo:
     held: int  # how many of them the index holds
 
 
+def _scan_entries(path: Path) -> None:
+    # through SQLite, never by opening the file ourselves: closing another descriptor of the database would drop
+    # this process's POSIX locks on it (SQLite's own connections share theirs)
+    try:
+        db = _connect(path)
+        try:
+            # every page of the table, no row decoded; read through a memory map: the kernel reads ahead (0.4 s
+            # for 576 MB from a cold cache here, where SQLite's page-by-page reads took 2.7 s)
+            db.execute("PRAGMA mmap_size = 2147418112")
+            db.execute("SELECT count(*) FROM entries NOT INDEXED").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        pass  # only a warm-up: the queries read what they need themselves
+
+
 class IndexStore:
     """One index folder's database. Any number of processes read; one writes, under ``writer_lock``."""
 
@@ -172,6 +189,17 @@ class IndexStore:
         self.meta = self._read_meta()
 
     # ---- opening -----------------------------------------------------------------------------------------------
+
+    def read_ahead(self) -> threading.Thread:
+        """Read the entries once in a background thread (one scan of the table, on a connection of its own), so the
+        page cache holds them: each query looks up its candidates' rows at random places in the table, and from a
+        cold cache every lookup waits for the disk (1M moments: 10 ms a query). A searcher calls it once; it costs
+        one sequential read of the table (576 MB at 1M moments)."""
+        thread = threading.Thread(
+            target=_scan_entries, args=(self.folder / DATABASE,), name="xclip-index-read-ahead", daemon=True
+        )
+        thread.start()
+        return thread
 
     @classmethod
     def open(cls, folder: str | os.PathLike) -> IndexStore:

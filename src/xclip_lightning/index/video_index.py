@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class VideoIndex:
         self._stage: ExactStage | ApproximateSearch | None = None
         self._cache: dict[str, object] = {}
         self._version = -1
+        self._read_ahead: threading.Thread | None = None
 
     # ---- what it holds -----------------------------------------------------------------------------------------
 
@@ -272,7 +274,10 @@ class VideoIndex:
         ranked = list(zip(places, scores, strict=True))
         if per_video is not None:
             ranked = _at_most_per_video(ranked, per_video, k)
-        return self._hits(ranked[:k], text.sentence[0])
+        hits = self._hits(ranked[:k], text.sentence[0])
+        if self._read_ahead is None:  # after the first query, never delaying it: the next find the database in memory
+            self._read_ahead = self.store.read_ahead()
+        return hits
 
     def _first_stage(self) -> ExactStage | ApproximateSearch:
         if self._stage is None:
