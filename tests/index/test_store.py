@@ -139,3 +139,25 @@ def test_opening_reads_no_entry_and_no_shard(setup, tmp_path):  # noqa: F811
     assert len(index) == 6
     with pytest.raises(VideoIndexError, match="truncated or replaced"):
         index.search(captions[0])
+
+
+def test_the_database_read_ahead_keeps_the_readers_view_of_updates(setup, tmp_path):  # noqa: F811
+    """After its first query a searcher reads the database ahead in the background. It must not cost the process
+    its SQLite locks (closing a descriptor of the file would): an update another process publishes and closes is
+    seen by the next query, and the WAL the searcher reads is not deleted under it."""
+    model_dir, videos, captions = setup
+    folder = tmp_path / "videos"
+    shutil.copytree(videos, folder)
+    out = tmp_path / "ix"
+    VideoIndex.build(model_dir, folder, out, workers=0, progress=False)
+    index = VideoIndex.load(out)
+    assert len(index.search(captions[0], k=3)[0]) == 3
+    index._read_ahead.join()
+    update = f"from xclip_lightning.cli import main; main(['index', '--model', {str(model_dir)!r}, '--videos', " \
+        f"{str(folder)!r}, '--out', {str(out)!r}, '--workers', '0'])"  # fmt: skip
+    for count, name in ((7, "copy of clip0.mp4"), (8, "copy of clip1.mp4")):  # the second writes a new WAL
+        shutil.copy(folder / name.removeprefix("copy of "), folder / name)
+        run = subprocess.run([sys.executable, "-c", update], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert len(index) == count
+        assert str(folder / name) in {h.path for h in index.search(captions[0], k=count)[0]}
