@@ -64,6 +64,18 @@ def video_rows(
     return rows
 
 
+def drop_page_cache() -> None:
+    """Write what is dirty to the disk and drop the page cache (root): what is read next comes from the disk."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def check_cold(parser: argparse.ArgumentParser, cold: bool) -> None:
+    """``--cold`` refused in one line where the page cache cannot be dropped."""
+    if cold and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
+        parser.error("--cold drops the page cache: it needs root (write access to /proc/sys/vm/drop_caches)")
+
+
 def write_index(folder: Path, moments: int, fingerprint: str, dim: int = D, model: str | None = None) -> float:
     """An index of ``moments`` moments of width ``dim`` in ``folder`` through the real writer, recording ``model``;
     returns the seconds it took."""
@@ -137,8 +149,7 @@ def main(argv: list[str]) -> list[dict]:
     parser.add_argument("--scratch", type=Path, help="keep the indexes here (reused when present) instead of /tmp")
     parser.add_argument("--cold", action="store_true", help="drop the page cache before each size (root)")
     args = parser.parse_args(argv)
-    if args.cold and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
-        parser.error("--cold drops the page cache: it needs root (write access to /proc/sys/vm/drop_caches)")
+    check_cold(parser, args.cold)
     root = args.scratch or Path(tempfile.mkdtemp(prefix="xclip-load-"))
     results = []
     try:
@@ -152,8 +163,7 @@ def main(argv: list[str]) -> list[dict]:
                 shutil.rmtree(folder, ignore_errors=True)
                 written = round(write_index(folder, size, fingerprint), 1)
             if args.cold:
-                os.sync()
-                Path("/proc/sys/vm/drop_caches").write_text("3\n")
+                drop_page_cache()
             result = {**measure(folder, model, fingerprint), "write_s": written, "cold": args.cold}
             results.append(result)
             print(

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from index_load import check_cold, drop_page_cache
 from xclip_lightning.index import ann
 from xclip_lightning.index.ann import update_approximate
 from xclip_lightning.index.ranking import CoarseSearch, rank_videos
@@ -100,9 +101,15 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def drop_page_cache() -> None:
-    os.sync()
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+def first_query(index: VideoIndex, text: TextFeatures, candidates: int, nprobe: int) -> float:
+    """Seconds of the first query of an index just opened (the IVF index read and verified); then its probes set."""
+    start = time.perf_counter()
+    with index.store.snapshot():
+        index._refresh()
+        index._rank(text, 10, candidates, None)
+    seconds = time.perf_counter() - start
+    index._stage.index.nprobe = nprobe
+    return seconds
 
 
 def timed_queries(index: VideoIndex, texts: list[TextFeatures], candidates: int) -> tuple[list[float], list]:
@@ -176,13 +183,8 @@ def run_approximate(
         rows = index.reader.gather([(locations[t].shard, locations[t].row, locations[t].id)])
         target = VideoFeatures(rows["video"], rows["frames"], rows["frame_mask"])
         texts.append(query_for(target, 0, level, generator))
-    start = time.perf_counter()
-    with index.store.snapshot():
-        index._refresh()
-        index._rank(texts[0], 10, candidates, None)  # the first query: the IVF index read and verified
-    first_query_s = time.perf_counter() - start
+    first_query_s = first_query(index, texts[0], candidates, nprobe)
     search_memory = rss_mb() - before
-    index._stage.index.nprobe = nprobe
     for text in texts[:20]:  # warm-up, as the in-memory rows: the page cache and FAISS's threads
         with index.store.snapshot():
             index._rank(text, 10, candidates, None)
@@ -212,13 +214,8 @@ def run_approximate(
         del index, rows, locations
         gc.collect()
         drop_page_cache()
-        start = time.perf_counter()
         index = VideoIndex(model, IndexStore.open(folder))
-        with index.store.snapshot():
-            index._refresh()
-            index._rank(later[0], 10, candidates, None)
-        cold_first_s = time.perf_counter() - start
-        index._stage.index.nprobe = nprobe
+        cold_first_s = first_query(index, later[0], candidates, nprobe)
         cold_times, _ = timed_queries(index, later[1:], candidates)
     return {
         "videos": n,
@@ -300,8 +297,7 @@ def main(argv: list[str]) -> dict:
         "--cold", action="store_true", help="large rows: time new queries again after dropping the page cache (root)"
     )
     args = parser.parse_args(argv)
-    if args.cold and not os.access("/proc/sys/vm/drop_caches", os.W_OK):
-        parser.error("--cold drops the page cache: it needs root (write access to /proc/sys/vm/drop_caches)")
+    check_cold(parser, args.cold)
     generator = torch.Generator().manual_seed(0)
     rows = []
     for n in args.videos:

@@ -241,7 +241,7 @@ class ShardReader:
         todo: list[tuple[_MappedShard, int, np.ndarray]] = []  # parts to verify before any row is returned
         chosen: list[tuple[_MappedShard, np.ndarray, list[int]]] = []
         for name, positions in by_shard.items():
-            shard = self.shard(name)
+            shard = self.shards[name]
             rows = np.array([locations[p][1] for p in positions], dtype=np.int64)
             if len(rows) and (rows.min() < 0 or rows.max() >= shard.record.rows):
                 raise ShardError(f"{shard.path} has no row {int(rows.max())}")
